@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation
 from semift_lightning.datamodule import SemiFTDataModule
 from semift_lightning.module import SemiFTModule
 
@@ -25,7 +26,22 @@ def default_precision() -> str:
 
 
 class SemiFTCLI(LightningCLI):
-    """Checks every model and data argument before anything loads and reports all problems in one error."""
+    """Checks every model and data argument before anything loads and reports all problems in one error.
+
+    The SemiEvol callbacks have their own keys (``propagation``, ``voting``, ``selection``) so that a recipe in
+    ``callbacks/`` composes with any config without replacing its ``trainer.callbacks`` list.
+    """
+
+    SEMIEVOL_KEYS = {"propagation": InContextPropagation, "voting": CollaborativeVoting, "selection": EntropySelection}
+
+    def add_arguments_to_parser(self, parser) -> None:
+        for key, callback in self.SEMIEVOL_KEYS.items():
+            parser.add_lightning_class_args(callback, key, subclass_mode=True, required=False)
+
+    def instantiate_trainer(self, **kwargs):
+        keys = self._parser(self.subcommand).callback_keys
+        extra = [callback for callback in (self._get(self.config_init, key) for key in keys) if callback is not None]
+        return self._instantiate_trainer({**self._get(self.config_init, "trainer", default={}), **kwargs}, extra)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -115,6 +115,9 @@ class SemiFTDataModule(L.LightningDataModule):
         seed: seed of splits, subsamples and batch order.
         system_prompt: optional system message for every prompt.
         cache_dir: cache for ``pypi:`` data assets (default ``$SEMIFT_CACHE`` or ~/.cache/semift).
+        pseudo_weight: loss weight of a pseudo-labeled item relative to a labeled one.
+        max_pseudo_ratio: at most this many selected pseudo-labeled items per labeled item (the least
+            uncertain first); unset means all selected items.
     """
 
     def __init__(self, task: str = "multiple_choice", root: Optional[str] = None, labeled: Optional[str] = None,
@@ -122,7 +125,8 @@ class SemiFTDataModule(L.LightningDataModule):
                  source: Optional[str] = None, split_fractions: tuple[float, float, float] = (0.2, 0.6, 0.2),
                  columns: Optional[Columns] = None, sizes: SplitSizes = SplitSizes(), batch_size: int = 8,
                  eval_batch_size: int = 16, max_length: int = 1024, num_workers: int = 0, seed: int = 0,
-                 system_prompt: Optional[str] = None, cache_dir: Optional[str] = None) -> None:
+                 system_prompt: Optional[str] = None, cache_dir: Optional[str] = None, pseudo_weight: float = 1.0,
+                 max_pseudo_ratio: Optional[float] = None) -> None:
         super().__init__()
         problems = self.argument_problems(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         if problems:
@@ -142,15 +146,21 @@ class SemiFTDataModule(L.LightningDataModule):
         self.seed = seed
         self.system_prompt = system_prompt
         self.cache_dir = cache_dir
+        self.pseudo_weight = pseudo_weight
+        self.max_pseudo_ratio = max_pseudo_ratio
         self.prompts: Optional[PromptBuilder] = None
         self.examples: dict[str, list[Example]] = {}
         self.truncated: dict[str, int] = {}
+        self.unlabeled_gold: dict[str, Optional[str]] = {}  # diagnostics only: never trained on or selected by
+        self.pseudo_labels: list[dict] = []  # the latest round's records, one per unlabeled item
+        self.pseudo_round = 0
 
     @staticmethod
     def argument_problems(task: str = "multiple_choice", labeled: Optional[str] = None, test: Optional[str] = None,
                           source: Optional[str] = None, split_fractions: Sequence[float] = (0.2, 0.6, 0.2),
                           sizes: Any = None, batch_size: int = 8, eval_batch_size: int = 8, max_length: int = 1024,
-                          num_workers: int = 0, **_: Any) -> list[str]:
+                          num_workers: int = 0, pseudo_weight: float = 1.0, max_pseudo_ratio: Optional[float] = None,
+                          **_: Any) -> list[str]:
         """Every problem with the arguments, each naming its argument; empty when all are fine."""
         problems = []
         try:
@@ -168,6 +178,10 @@ class SemiFTDataModule(L.LightningDataModule):
                 problems.append(f"data.{name}: must be at least 1, got {locals()[name]}")
         if num_workers < 0:
             problems.append(f"data.num_workers: must be at least 0, got {num_workers}")
+        if not pseudo_weight > 0:
+            problems.append(f"data.pseudo_weight: must be positive, got {pseudo_weight}")
+        if max_pseudo_ratio is not None and not max_pseudo_ratio > 0:
+            problems.append(f"data.max_pseudo_ratio: must be positive or unset, got {max_pseudo_ratio}")
         for split in SPLITS:
             size = getattr(sizes, split, None)
             if size is not None and size < 1:
@@ -199,6 +213,9 @@ class SemiFTDataModule(L.LightningDataModule):
         examples = subsample(examples, getattr(self.sizes, split), self.seed)
         if not examples and split != "unlabeled":
             raise DataError(f"{name}: the {split} split is empty")
+        if split == "unlabeled":  # keep gold answers apart, for the diagnostic metric only
+            self.unlabeled_gold = {example.id: example.answer for example in examples}
+            examples = [replace(example, answer=None) for example in examples]
         self.examples[split] = examples
         return examples
 
@@ -221,10 +238,13 @@ class SemiFTDataModule(L.LightningDataModule):
 
     # ----- encoding ----------------------------------------------------------------------------------------------
     def encode(self, split: str, examples: Sequence[Example], with_target: bool,
-               weights: Optional[Sequence[float]] = None) -> list[dict]:
+               weights: Optional[Sequence[float]] = None, demonstrations: Optional[dict[str, list[Example]]] = None,
+               candidates: Optional[dict[str, list[str]]] = None) -> list[dict]:
+        """Items for the collator; ``demonstrations`` and ``candidates`` map item ids to what their prompts show."""
         items, cut = [], 0
         for i, example in enumerate(examples):
-            encoded = self.prompts.encode(example, with_target=with_target)
+            encoded = self.prompts.encode(example, (demonstrations or {}).get(example.id, ()), with_target,
+                                          (candidates or {}).get(example.id, ()))
             cut += encoded.truncated
             item = {"input_ids": encoded.prompt_ids + encoded.target_ids, "example": example}
             if with_target:
@@ -238,8 +258,50 @@ class SemiFTDataModule(L.LightningDataModule):
         return items
 
     def train_items(self) -> list[dict]:
-        """Encoded training items: the labeled set."""
-        return self.encode("labeled", self._require("labeled"), with_target=True)
+        """Encoded training items: the labeled set and the selected pseudo-labeled items."""
+        pseudo = self.pseudo_examples()
+        return (self.encode("labeled", self._require("labeled"), with_target=True)
+                + self.encode("pseudo", pseudo, with_target=True, weights=[self.pseudo_weight] * len(pseudo)))
+
+    # ----- pseudo-labels ---------------------------------------------------------------------------------------------
+    def pseudo_examples(self) -> list[Example]:
+        """Unlabeled items whose pseudo-label was selected, with that label as their answer."""
+        selected = [record for record in self.pseudo_labels if record["selected"]]
+        if self.max_pseudo_ratio is not None:
+            limit = int(self.max_pseudo_ratio * len(self.load_split("labeled")))
+            selected = sorted(selected, key=lambda record: (record["uncertainty"], record["id"]))[:limit]
+        pool = {example.id: example for example in self.load_split("unlabeled")}
+        return [replace(pool[record["id"]], answer=record["answer"]) for record in selected]
+
+    def set_pseudo_labels(self, records: list[dict], round_index: int) -> None:
+        """Replace the store with one round's records (one per unlabeled item)."""
+        self.pseudo_labels = records
+        self.pseudo_round = round_index
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pseudo_labels": self.pseudo_labels, "pseudo_round": self.pseudo_round}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pseudo_labels = list(state_dict.get("pseudo_labels", []))
+        self.pseudo_round = int(state_dict.get("pseudo_round", 0))
+
+    def pool_loader(self, split: str, examples: Sequence[Example], rank: int = 0, world_size: int = 1,
+                    demonstrations: Optional[dict[str, list[Example]]] = None,
+                    candidates: Optional[dict[str, list[str]]] = None, embed: bool = False) -> DataLoader:
+        """This rank's shard of ``examples`` for an inference pass; every rank gets the same number of batches
+        (the last items repeat where needed, so callers keep one result per id). ``embed`` encodes the bare
+        questions (for similarity search) instead of prompts."""
+        if embed:
+            tokenizer = self.prompts.tokenizer
+            items = [{"input_ids": tokenizer(e.question, add_special_tokens=False)["input_ids"][-self.prompts.max_length:],
+                      "example": e} for e in examples]
+        else:
+            items = self.encode(split, examples, with_target=False, demonstrations=demonstrations,
+                                candidates=candidates)
+        items.sort(key=lambda item: (-len(item["input_ids"]), item["example"].id))
+        per_rank = math.ceil(len(items) / world_size) if items else 0
+        items += items[:per_rank * world_size - len(items)]
+        return self._loader(items[rank::world_size], self.eval_batch_size)
 
     def _loader(self, items: list[dict], batch_size: int, sampler=None) -> DataLoader:
         return DataLoader(items, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=self.num_workers,

@@ -24,13 +24,13 @@ class LoRAArgs:
     Args:
         r: rank of the update matrices.
         alpha: scaling numerator (the update is scaled by alpha / r).
-        dropout: dropout on the adapter input.
+        dropout: dropout on the adapter input (0 by default: on a CPU its random masks cost up to a fifth of a step).
         target_modules: "all-linear" or a list of module names to adapt.
     """
 
     r: int = 16
     alpha: float = 32.0
-    dropout: float = 0.05
+    dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
 
     def problems(self) -> list[str]:

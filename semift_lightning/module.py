@@ -187,12 +187,22 @@ class SemiFTModule(L.LightningModule):
         return scores.masked_fill(torch.arange(len(LETTERS), device=scores.device)[None] >= counts[:, None], -math.inf)
 
     @torch.no_grad()
-    def generate_text(self, batch: dict, **kwargs: Any) -> list[str]:
-        """Greedy (unless kwargs say otherwise) continuations of the prompts, decoded."""
+    def generate_with_nll(self, batch: dict, **kwargs: Any) -> tuple[list[str], list[float]]:
+        """Continuations (greedy unless kwargs say otherwise) and the mean negative log-probability of each one's
+        tokens up to its end."""
         kwargs = {"do_sample": False, "max_new_tokens": self.max_new_tokens, **kwargs}
+        if not kwargs["do_sample"]:
+            kwargs.pop("temperature", None)
         output = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                     pad_token_id=self.tokenizer.pad_token_id, **kwargs)
-        return self.tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+                                     pad_token_id=self.tokenizer.pad_token_id, output_scores=True,
+                                     return_dict_in_generate=True, **kwargs)
+        new_tokens = output.sequences[:, batch["input_ids"].shape[1]:]
+        log_probs = torch.stack(output.scores, 1).float().log_softmax(-1)
+        token_log_probs = log_probs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        ended = (new_tokens == self.tokenizer.pad_token_id) | (new_tokens == self.tokenizer.eos_token_id)
+        keep = (ended.long().cumsum(1) - ended.long()) == 0  # tokens up to and including the first end token
+        nll = (-(token_log_probs * keep).sum(1) / keep.sum(1).clamp_min(1)).tolist()
+        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), nll
 
     def predict_batch(self, batch: dict) -> list[dict]:
         """One record per item: prediction, correctness when the gold answer is known, option probabilities."""
@@ -206,7 +216,7 @@ class SemiFTModule(L.LightningModule):
                 probs = row[valid].softmax(-1).tolist() if valid.any() else []
                 records.append({"id": example.id, "prediction": prediction, "option_probs": probs})
         else:
-            for example, text in zip(batch["examples"], self.generate_text(batch)):
+            for example, text in zip(batch["examples"], self.generate_with_nll(batch)[0]):
                 records.append({"id": example.id, "prediction": task.parse(text, example), "output": text})
         for record, example in zip(records, batch["examples"]):
             record["gold"] = example.answer

@@ -35,7 +35,7 @@ class PromptBuilder:
         self.system_prompt = system_prompt
         self.option_token_ids = self._option_token_ids() if task.closed_form else []
 
-    def messages(self, example: Example, demonstrations: Sequence[Example] = (),
+    def messages(self, example: Example, demonstrations: Sequence[Example] = (), candidates: Sequence[str] = (),
                  question: Optional[str] = None) -> list[dict]:
         turns = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         for demo in demonstrations:
@@ -43,7 +43,7 @@ class PromptBuilder:
                       {"role": "assistant", "content": self.task.target_text(demo)}]
         if question is not None:
             example = Example(example.id, question, example.answer, example.options, example.category)
-        turns.append({"role": "user", "content": self.task.user_content(example)})
+        turns.append({"role": "user", "content": self.task.user_content(example, candidates)})
         return turns
 
     def _prompt_text(self, messages: list[dict]) -> str:
@@ -60,8 +60,11 @@ class PromptBuilder:
             raise ValueError("the chat template renders the answer turn in a way that does not extend the prompt")
         return full[len(prompt):]
 
-    def encode(self, example: Example, demonstrations: Sequence[Example] = (), with_target: bool = False) -> Encoded:
-        messages = self.messages(example, demonstrations)
+    def encode(self, example: Example, demonstrations: Sequence[Example] = (), with_target: bool = False,
+               candidates: Sequence[str] = ()) -> Encoded:
+        """Token ids of the prompt (and of the target with ``with_target``). Demonstrations are earlier turns;
+        ``candidates`` are answers of disagreeing views, shown for self-justification."""
+        messages = self.messages(example, demonstrations, candidates)
         target_ids = self._ids(self.target_suffix(messages, self.task.target_text(example))) if with_target else []
         prompt_ids = self._ids(self._prompt_text(messages))
         budget = self.max_length - len(target_ids)
@@ -74,7 +77,7 @@ class PromptBuilder:
                 raise ValueError(f"item {example.id!r}: the prompt without its question is already longer than "
                                  f"max_length={self.max_length} tokens")
             question_ids = question_ids[excess:]
-            prompt_ids = self._ids(self._prompt_text(self.messages(example, demonstrations,
+            prompt_ids = self._ids(self._prompt_text(self.messages(example, demonstrations, candidates,
                                                                    self.tokenizer.decode(question_ids))))
             if len(prompt_ids) <= budget:
                 return Encoded(prompt_ids, target_ids, True)

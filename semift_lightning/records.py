@@ -137,11 +137,13 @@ def to_examples(rows: Sequence[dict], task: Task, columns: Columns, name: str,
               "id": columns.id, "category": columns.category}
     option_fields = [columns.options] if isinstance(columns.options, str) else list(columns.options or [])
     known = set(rows[0])
+    fixed = getattr(task, "fixed_options", None)
+    if fixed and option_fields and not set(option_fields) <= known:
+        option_fields = []  # a task with fixed options (yes/no/maybe, sentiment) needs no options column
     unknown = [f"{field} column {column!r}" for field, column in list(fields.items()) + [("options", c) for c in option_fields]
                if column and column not in known]
     if unknown:
         raise DataError(f"{name}: unknown {', '.join(unknown)}; the columns are: {', '.join(map(str, rows[0]))}")
-    fixed = getattr(task, "fixed_options", None)
     if task.closed_form and not option_fields and not fixed:
         raise DataError(f"{name}: task {task.name!r} needs an options column (columns.options)")
 

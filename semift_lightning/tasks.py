@@ -24,8 +24,15 @@ class Task:
     instruction: str
     closed_form = False
 
-    def user_content(self, example: "Example") -> str:
-        return f"{example.question.strip()}\n\n{self.instruction}"
+    def body(self, example: "Example") -> str:
+        return example.question.strip()
+
+    def user_content(self, example: "Example", candidates: Sequence[str] = ()) -> str:
+        """The question, then (for self-justification) the answers proposed by disagreeing views, then the
+        instruction."""
+        proposed = ("\n\nProposed answers (they disagree; pick the correct one):\n"
+                    + "\n".join(f"- {c}" for c in candidates)) if candidates else ""
+        return f"{self.body(example)}{proposed}\n\n{self.instruction}"
 
     def target_text(self, example: "Example") -> str:
         return str(example.answer)
@@ -51,9 +58,9 @@ class MultipleChoiceTask(Task):
     fixed_options: Optional[tuple[str, ...]] = None
     closed_form = True
 
-    def user_content(self, example: "Example") -> str:
+    def body(self, example: "Example") -> str:
         lines = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(example.options))
-        return f"{example.question.strip()}\n\nOptions:\n{lines}\n\n{self.instruction}"
+        return f"{example.question.strip()}\n\nOptions:\n{lines}"
 
     def canonical_answer(self, raw: str, options: Optional[Sequence[str]]) -> str:
         if not options or not MIN_OPTIONS <= len(options) <= MAX_OPTIONS:

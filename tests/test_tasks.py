@@ -60,3 +60,9 @@ def test_preset_end_to_end(name, tiny_model):
 def test_unknown_task_lists_known_ones():
     with pytest.raises(ValueError, match="task 'nope' is unknown; known tasks: arc"):
         get_preset("nope")
+
+
+def test_fixed_options_serve_rows_without_an_options_column():
+    preset = get_preset("pubmedqa")
+    [example] = to_examples([{"question": "Does it work?", "answer": "no"}], preset.task, preset.columns, "p.csv")
+    assert example.options == ("yes", "no", "maybe") and example.answer == "B"

@@ -1,0 +1,456 @@
+"""The SemiEvol loop as Lightning callbacks: in-context propagation, collaborative voting with
+self-justification, and entropy selection of pseudo-labels.
+
+A round runs at the end of a training epoch: after ``warmup_epochs`` of labeled-only training, then every
+``refresh_every_n_epochs``, for ``rounds`` rounds. The first SemiEvol callback in ``trainer.callbacks`` drives the
+round and asks the others for their stage: propagate (neighbours), label (views and self-justification), select
+(uncertainty quantile). The pseudo-labels live in the DataModule (its ``state_dict`` carries them through
+checkpoints); the callbacks keep only bookkeeping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from tqdm.auto import tqdm
+
+from semift_lightning.io import atomic_write_jsonl
+from semift_lightning.parsing import LETTERS
+from semift_lightning.records import Example
+
+STUDENT, BASE = "student", "base"
+DATAMODULE_NEEDS = ("task", "load_split", "pool_loader", "set_pseudo_labels", "pseudo_round", "unlabeled_gold")
+MODULE_NEEDS = ("tokenizer", "hidden_states", "option_log_probs", "generate_with_nll")
+
+
+@dataclass
+class View:
+    """One configured "model" that answers every unlabeled item.
+
+    Args:
+        adapter: "student" (the adapter being trained), "base" (adapters disabled) or a saved adapter folder.
+        k: demonstrations in the prompt, from in-context propagation (0 = none).
+        neighbour_offset: skip this many nearest neighbours (another view can use the next-nearest ones).
+        temperature: 0 decodes greedily; above 0 samples (free-form tasks; closed-form views score options).
+        seed: sampling seed.
+    """
+
+    adapter: str = STUDENT
+    k: int = 0
+    neighbour_offset: int = 0
+    temperature: float = 0.0
+    seed: int = 0
+
+
+def normalized_entropy(probs: torch.Tensor) -> float:
+    """Shannon entropy over the options divided by log(option count): 0 is certain, 1 is uniform."""
+    if probs.numel() < 2:
+        return 0.0
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum()
+    return float(entropy / math.log(probs.numel()))
+
+
+def quantile_threshold(values: Sequence[float], keep_fraction: float) -> float:
+    """The largest value among the ``keep_fraction`` smallest (at least one kept)."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(keep_fraction * len(ordered))) - 1]
+
+
+class SemiEvolStage(L.Callback):
+    """Shared schedule and checks of the SemiEvol callbacks.
+
+    Args:
+        warmup_epochs: labeled-only epochs before the first round.
+        refresh_every_n_epochs: epochs between rounds.
+        rounds: how many pseudo-labeling rounds to run.
+    """
+
+    def __init__(self, warmup_epochs: int = 1, refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
+        problems = self.argument_problems(warmup_epochs=warmup_epochs, refresh_every_n_epochs=refresh_every_n_epochs,
+                                          rounds=rounds)
+        if problems:
+            raise ValueError(f"invalid {type(self).__name__} arguments:\n- " + "\n- ".join(problems))
+        self.warmup_epochs = warmup_epochs
+        self.refresh_every_n_epochs = refresh_every_n_epochs
+        self.rounds = rounds
+        self.history: list[dict] = []
+        self._driver = False
+
+    def argument_problems(self, warmup_epochs: int, refresh_every_n_epochs: int, rounds: int) -> list[str]:
+        problems = []
+        if warmup_epochs < 1:
+            problems.append(f"warmup_epochs: must be at least 1 (the student first learns from labeled data), "
+                            f"got {warmup_epochs}")
+        if refresh_every_n_epochs < 1:
+            problems.append(f"refresh_every_n_epochs: must be at least 1, got {refresh_every_n_epochs}")
+        if rounds < 1:
+            problems.append(f"rounds: must be at least 1, got {rounds}")
+        return problems
+
+    @property
+    def schedule(self) -> tuple[int, int, int]:
+        return self.warmup_epochs, self.refresh_every_n_epochs, self.rounds
+
+    def round_due(self, epoch: int) -> Optional[int]:
+        """The 1-based round that ends epoch ``epoch`` (0-based), or None."""
+        since = epoch + 1 - self.warmup_epochs
+        if since < 0 or since % self.refresh_every_n_epochs:
+            return None
+        index = since // self.refresh_every_n_epochs + 1
+        return index if index <= self.rounds else None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        datamodule = trainer.datamodule
+        missing = [f"datamodule.{name}" for name in DATAMODULE_NEEDS if not hasattr(datamodule, name)]
+        missing += [f"module.{name}" for name in MODULE_NEEDS if not hasattr(pl_module, name)]
+        if missing:
+            raise AttributeError(f"{type(self).__name__} needs {', '.join(missing)}; see the plug-in contract in "
+                                 f"the README")
+        stages = [cb for cb in trainer.callbacks if isinstance(cb, SemiEvolStage)]
+        for other in stages:
+            if other.schedule != self.schedule:
+                raise ValueError(f"{type(self).__name__} and {type(other).__name__} need the same schedule "
+                                 f"(warmup_epochs, refresh_every_n_epochs, rounds): {self.schedule} != {other.schedule}")
+        self._driver = stages[0] is self
+        if self._driver and trainer.reload_dataloaders_every_n_epochs != 1:
+            trainer.reload_dataloaders_every_n_epochs = 1  # the training set changes after each round
+        self.check(trainer, datamodule, stages)
+
+    def check(self, trainer: L.Trainer, datamodule: Any, stages: list["SemiEvolStage"]) -> None:
+        """Callback-specific checks that need the trainer, before training starts."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._driver:
+            return
+        index = self.round_due(trainer.current_epoch)
+        datamodule = trainer.datamodule
+        if index is None or datamodule.pseudo_round >= index:  # a finished round is never recomputed
+            return
+        stages = [cb for cb in trainer.callbacks if isinstance(cb, SemiEvolStage)]
+        metrics = run_round(trainer, pl_module, datamodule, stages, index)
+        for stage in stages:
+            stage.history.append(metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
+
+class InContextPropagation(SemiEvolStage):
+    """Finds, for every unlabeled item, its nearest labeled items in the student's latent space (mean-pooled
+    last hidden states, L2-normalised, cosine similarity); views with ``k > 0`` show them as demonstrations.
+
+    Args:
+        k: neighbours kept per item (views use up to ``k``; 0 turns propagation off).
+        warmup_epochs: labeled-only epochs before the first round (the same in every SemiEvol callback).
+        refresh_every_n_epochs: epochs between rounds.
+        rounds: how many pseudo-labeling rounds to run.
+    """
+
+    def __init__(self, k: int = 3, warmup_epochs: int = 1, refresh_every_n_epochs: int = 1,
+                 rounds: int = 1) -> None:
+        if k < 0:
+            raise ValueError(f"InContextPropagation: k must be at least 0, got {k}")
+        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds)
+        self.k = k
+
+    def check(self, trainer, datamodule, stages) -> None:
+        labeled = datamodule.load_split("labeled")
+        if self.k > len(labeled):
+            raise ValueError(f"InContextPropagation: k={self.k} is larger than the labeled set ({len(labeled)} items)")
+
+    def neighbours(self, trainer: L.Trainer, module: L.LightningModule, datamodule: Any,
+                   pool: Sequence[Example]) -> dict[str, list[Example]]:
+        if self.k == 0:
+            return {}
+        labeled = datamodule.load_split("labeled")
+        embed = lambda batch: _mean_pooled(module, batch)  # noqa: E731
+        labeled_vectors = _map_pool(trainer, datamodule, "labeled", labeled, embed, "embedding labeled", embed=True)
+        pool_vectors = _map_pool(trainer, datamodule, "unlabeled", pool, embed, "embedding unlabeled", embed=True)
+        keys = torch.stack([labeled_vectors[e.id] for e in labeled])
+        queries = torch.stack([pool_vectors[e.id] for e in pool])
+        nearest = (queries @ keys.T).topk(self.k, dim=1).indices.tolist()
+        return {example.id: [labeled[j] for j in row] for example, row in zip(pool, nearest)}
+
+
+class CollaborativeVoting(SemiEvolStage):
+    """Several views answer every unlabeled item; where they disagree, the student is shown the question with the
+    candidate answers and picks the final one (self-justification).
+
+    Args:
+        views: the views; for closed-form tasks each is one forward pass that scores all options.
+        self_justification: resolve disagreements with the student; otherwise the majority (ties: least
+            uncertain) wins.
+        warmup_epochs: labeled-only epochs before the first round (the same in every SemiEvol callback).
+        refresh_every_n_epochs: epochs between rounds.
+        rounds: how many pseudo-labeling rounds to run.
+    """
+
+    def __init__(self, views: Optional[list[View]] = None, self_justification: bool = True, warmup_epochs: int = 1, refresh_every_n_epochs: int = 1,
+                 rounds: int = 1) -> None:
+        views = [View(**v) if isinstance(v, dict) else v for v in (views if views is not None else [View()])]
+        problems = []
+        if not views:
+            problems.append("views: needs at least one view (n >= 1)")
+        for i, view in enumerate(views):
+            if view.k < 0 or view.neighbour_offset < 0:
+                problems.append(f"views[{i}]: k and neighbour_offset must be at least 0, got {view.k}, {view.neighbour_offset}")
+            if view.temperature < 0:
+                problems.append(f"views[{i}].temperature: must be at least 0, got {view.temperature}")
+            if view.adapter not in (STUDENT, BASE) and not (Path(view.adapter) / "adapter_config.json").is_file():
+                problems.append(f"views[{i}].adapter: {view.adapter!r} is neither 'student', 'base' nor a saved "
+                                f"adapter folder (no adapter_config.json)")
+        if problems:
+            raise ValueError("invalid CollaborativeVoting arguments:\n- " + "\n- ".join(problems))
+        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds)
+        self.views = views
+        self.self_justification = self_justification
+
+    def check(self, trainer, datamodule, stages) -> None:
+        icp = next((s for s in stages if isinstance(s, InContextPropagation)), None)
+        depth = max(view.k + view.neighbour_offset for view in self.views)
+        if depth and icp is None:
+            raise ValueError("CollaborativeVoting: a view uses demonstrations (k > 0) but there is no "
+                             "InContextPropagation callback")
+        if depth > (icp.k if icp else 0):
+            raise ValueError(f"CollaborativeVoting: a view needs {depth} neighbours (k + neighbour_offset) but "
+                             f"InContextPropagation keeps k={icp.k}")
+
+    def label(self, trainer, module, datamodule, pool, neighbours) -> list[dict]:
+        task = datamodule.task
+        answers = []
+        for i, view in enumerate(self.views):
+            demos = {key: value[view.neighbour_offset:view.neighbour_offset + view.k]
+                     for key, value in neighbours.items()} if view.k else None
+            with _adapter(module, view.adapter, f"view{i}"):
+                answers.append(_map_pool(trainer, datamodule, "unlabeled", pool, _answerer(module, task, view),
+                                         f"view {i + 1}/{len(self.views)}", demonstrations=demos))
+        records, disputed = [], {}
+        for example in pool:
+            votes = [view_answers[example.id] for view_answers in answers]
+            record = _combine(task, example, votes)
+            if record["disputed"] and self.self_justification:
+                disputed[example.id] = [_candidate_text(task, example, vote) for vote in votes if vote["answer"]]
+            records.append(record)
+        if disputed:
+            chosen = _map_pool(trainer, datamodule, "unlabeled", [e for e in pool if e.id in disputed],
+                               _answerer(module, task, View()), "self-justification", candidates=disputed)
+            for record in records:
+                if record["id"] in chosen:
+                    vote = chosen[record["id"]]
+                    record.update(answer=vote["answer"], uncertainty=vote["uncertainty"], justified=True)
+        for record in records:
+            record["agreement"] = sum(v == record["answer"] for v in record["view_answers"]) / len(self.views)
+        return records
+
+
+class EntropySelection(SemiEvolStage):
+    """Keeps the pseudo-labels whose uncertainty is at or below the θ-quantile of the round's pool.
+
+    Args:
+        keep_fraction: θ, the fraction of answered items kept, in (0, 1].
+        always_keep_unanimous: also keep every item all views agreed on.
+        warmup_epochs: labeled-only epochs before the first round (the same in every SemiEvol callback).
+        refresh_every_n_epochs: epochs between rounds.
+        rounds: how many pseudo-labeling rounds to run.
+    """
+
+    def __init__(self, keep_fraction: float = 0.5, always_keep_unanimous: bool = False, warmup_epochs: int = 1, refresh_every_n_epochs: int = 1,
+                 rounds: int = 1) -> None:
+        if not 0 < keep_fraction <= 1:
+            raise ValueError(f"EntropySelection: keep_fraction (θ) must be in (0, 1], got {keep_fraction}")
+        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds)
+        self.keep_fraction = keep_fraction
+        self.always_keep_unanimous = always_keep_unanimous
+
+    def select(self, records: list[dict]) -> Optional[float]:
+        answered = [r for r in records if r["answer"] is not None and math.isfinite(r["uncertainty"])]
+        if not answered:
+            return None
+        threshold = quantile_threshold([r["uncertainty"] for r in answered], self.keep_fraction)
+        for record in answered:
+            record["selected"] = record["uncertainty"] <= threshold or (self.always_keep_unanimous and record["unanimous"])
+        return threshold
+
+
+def run_round(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, stages: list[SemiEvolStage],
+              index: int) -> dict:
+    """Propagate, label and select on the unlabeled pool; hand the records to the DataModule; log the round."""
+    find = lambda kind: next((s for s in stages if isinstance(s, kind)), None)  # noqa: E731
+    icp, voting, selection = find(InContextPropagation), find(CollaborativeVoting), find(EntropySelection)
+    voting = voting or CollaborativeVoting(views=[View()], warmup_epochs=stages[0].warmup_epochs,
+                                           refresh_every_n_epochs=stages[0].refresh_every_n_epochs,
+                                           rounds=stages[0].rounds)
+    pool = datamodule.load_split("unlabeled")
+    if not pool:
+        rank_zero_warn("no unlabeled data: the pseudo-labeling round is skipped and training uses labeled data only")
+        datamodule.set_pseudo_labels([], index)
+        return {"round": index, "pool": 0}
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            neighbours = icp.neighbours(trainer, module, datamodule, pool) if icp else {}
+            records = voting.label(trainer, module, datamodule, pool, neighbours)
+    finally:
+        module.train(was_training)
+    for record in records:
+        record.update(round=index, selected=record["answer"] is not None and math.isfinite(record["uncertainty"]))
+    threshold = selection.select(records) if selection else None
+    datamodule.set_pseudo_labels(records, index)
+    metrics = _round_metrics(records, datamodule.unlabeled_gold, datamodule.task, threshold, index)
+    _log_round(trainer, module, records, metrics)
+    return metrics
+
+
+# ----- helpers ---------------------------------------------------------------------------------------------------
+def _mean_pooled(module, batch) -> list[torch.Tensor]:
+    hidden = module.hidden_states(batch["input_ids"], batch["attention_mask"]).float()
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+    return list(torch.nn.functional.normalize(pooled, dim=-1).cpu())
+
+
+def _map_pool(trainer, datamodule, split, examples, fn, description, **loader_kwargs) -> dict[str, Any]:
+    """Run ``fn`` over this rank's shard of ``examples`` and gather one result per id from every rank."""
+    loader = datamodule.pool_loader(split, examples, trainer.global_rank, trainer.world_size, **loader_kwargs)
+    device = trainer.lightning_module.device
+    results = {}
+    for batch in tqdm(loader, desc=f"round: {description}", disable=not trainer.is_global_zero, leave=False):
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        for example, result in zip(batch["examples"], fn(batch)):
+            results[example.id] = result
+    if trainer.world_size > 1:
+        parts = [None] * trainer.world_size
+        torch.distributed.all_gather_object(parts, results)
+        results = {key: value for part in parts for key, value in part.items()}
+    return results
+
+
+class _adapter:
+    """Context: run with the student's adapter, adapters disabled ("base"), or a saved adapter."""
+
+    def __init__(self, module, adapter: str, name: str) -> None:
+        self.module, self.adapter, self.name = module, adapter, name
+        self.context = None
+
+    def __enter__(self):
+        model = self.module.model
+        if self.adapter == BASE:
+            self.context = model.disable_adapter()
+            self.context.__enter__()
+        elif self.adapter != STUDENT:
+            self.active = model.active_adapter
+            if self.name not in model.peft_config:
+                model.load_adapter(self.adapter, adapter_name=self.name, is_trainable=False)
+            model.set_adapter(self.name)
+
+    def __exit__(self, *exc):
+        if self.context is not None:
+            self.context.__exit__(*exc)
+        elif self.adapter != STUDENT:
+            self.module.model.set_adapter(self.active)  # also makes the student's adapter trainable again
+
+
+def _answerer(module, task, view: View):
+    """A function from a batch to one vote per item: answer, option distribution or text, uncertainty."""
+    if task.closed_form:
+        def closed(batch) -> list[dict]:
+            votes = []
+            for example, row in zip(batch["examples"], module.option_log_probs(batch)):
+                valid = row[:len(example.options)]
+                if not torch.isfinite(valid).any():
+                    votes.append({"answer": None, "probs": [], "uncertainty": math.inf})
+                    continue
+                probs = valid.softmax(-1).cpu()
+                votes.append({"answer": LETTERS[int(probs.argmax())], "probs": probs.tolist(),
+                              "uncertainty": normalized_entropy(probs)})
+            return votes
+        return closed
+
+    def free(batch) -> list[dict]:
+        if view.temperature > 0:
+            torch.manual_seed(view.seed)
+        texts, nll = module.generate_with_nll(batch, do_sample=view.temperature > 0,
+                                              temperature=view.temperature or None)
+        return [{"answer": task.parse(text, example), "text": text, "uncertainty": loss}
+                for example, text, loss in zip(batch["examples"], texts, nll)]
+    return free
+
+
+def _same(task, a: Optional[str], b: Optional[str], example: Example) -> bool:
+    if a is None or b is None:
+        return False
+    return a == b or task.is_correct(a, Example(example.id, example.question, b, example.options))
+
+
+def _combine(task, example: Example, votes: list[dict]) -> dict:
+    """One record from the views' votes: agreed answer with mean uncertainty, or a dispute."""
+    answered = [v for v in votes if v["answer"] is not None]
+    groups: list[list[dict]] = []
+    for vote in answered:
+        group = next((g for g in groups if _same(task, g[0]["answer"], vote["answer"], example)), None)
+        group.append(vote) if group else groups.append([vote])
+    record = {"id": example.id, "view_answers": [v["answer"] for v in votes], "justified": False,
+              "unanimous": len(groups) == 1 and len(answered) == len(votes), "disputed": len(groups) > 1}
+    if not groups:
+        return {**record, "answer": None, "uncertainty": math.inf}
+    best = max(groups, key=lambda g: (len(g), -sum(v["uncertainty"] for v in g) / len(g)))
+    if task.closed_form:
+        uncertainty = normalized_entropy(torch.tensor([v["probs"] for v in answered]).mean(0))
+    else:
+        uncertainty = sum(v["uncertainty"] for v in best) / len(best)
+    return {**record, "answer": best[0]["answer"], "uncertainty": uncertainty}
+
+
+def _candidate_text(task, example: Example, vote: dict) -> str:
+    if task.closed_form:
+        return f"{vote['answer']}. {example.options[LETTERS.index(vote['answer'])]}"
+    return f"{vote['answer']} (reasoning: {vote['text'].strip()})"
+
+
+def _round_metrics(records, gold, task, threshold, index) -> dict:
+    selected = [r for r in records if r["selected"]]
+    finite = [r["uncertainty"] for r in records if math.isfinite(r["uncertainty"])]
+    metrics = {"round": index, "pool": len(records), "agreement_rate": sum(r["unanimous"] for r in records) / len(records),
+               "selected": len(selected), "selected_rate": len(selected) / len(records),
+               "threshold": threshold if threshold is not None else float("nan"),
+               "mean_uncertainty": sum(finite) / len(finite) if finite else float("nan"),
+               "no_answer": sum(r["answer"] is None for r in records)}
+    scored = [(r, gold[r["id"]]) for r in records if gold.get(r["id"]) is not None]
+    if scored:  # diagnostic only: gold answers never reach training or selection
+        check = lambda r, g: _same(task, r["answer"], g, Example(r["id"], "", g))  # noqa: E731
+        metrics["pseudo_label_accuracy"] = sum(check(r, g) for r, g in scored) / len(scored)
+        chosen = [(r, g) for r, g in scored if r["selected"]]
+        metrics["selected_accuracy"] = sum(check(r, g) for r, g in chosen) / len(chosen) if chosen else float("nan")
+    return metrics
+
+
+def _log_round(trainer, module, records, metrics) -> None:
+    if not metrics["selected"]:
+        rank_zero_warn(f"pseudo-labeling round {metrics['round']}: every candidate was rejected; training goes on "
+                       f"with labeled data only")
+    for key, value in metrics.items():
+        if key != "round":
+            module.log(f"semievol/{key}", float(value), on_epoch=True, sync_dist=False, rank_zero_only=True)
+    if trainer.is_global_zero:
+        out = Path(trainer.log_dir or trainer.default_root_dir)
+        atomic_write_jsonl(out / f"pseudo_labels_round{metrics['round']}.jsonl", records)
+        experiment = getattr(trainer.logger, "experiment", None)
+        finite = [r["uncertainty"] for r in records if math.isfinite(r["uncertainty"])]
+        if finite and hasattr(experiment, "add_histogram"):
+            experiment.add_histogram("semievol/uncertainty", torch.tensor(finite), trainer.global_step)
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+        rank_zero_info(f"pseudo-labeling round {metrics['round']}: {shown}")
+    trainer.strategy.barrier()
+
