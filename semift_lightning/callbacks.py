@@ -443,8 +443,8 @@ def _log_round(trainer, module, records, metrics) -> None:
     for key, value in metrics.items():
         if key != "round":
             module.log(f"semievol/{key}", float(value), on_epoch=True, sync_dist=False, rank_zero_only=True)
+    out = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir is collective: every rank asks
     if trainer.is_global_zero:
-        out = Path(trainer.log_dir or trainer.default_root_dir)
         atomic_write_jsonl(out / f"pseudo_labels_round{metrics['round']}.jsonl", records)
         experiment = getattr(trainer.logger, "experiment", None)
         finite = [r["uncertainty"] for r in records if math.isfinite(r["uncertainty"])]

@@ -269,8 +269,8 @@ class SemiFTModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         records = self._gathered(self.eval_records)
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # log_dir is collective: every rank asks
         if self.trainer.is_global_zero:
-            out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
             summary = summarize(records, self.trainer.datamodule.task.name)
             summary["truncated_prompts"] = self.trainer.datamodule.truncated.get("test", 0)
             atomic_write_jsonl(out / "test_predictions.jsonl", records)
