@@ -23,7 +23,8 @@ class PromptBuilder:
     """Builds chat messages for a task and encodes them with the tokenizer's chat template.
 
     Demonstrations (in-context examples) become earlier user/assistant turns. A prompt longer than
-    ``max_length`` loses the start of its question, never the options, instruction or answer.
+    ``max_length`` first loses its least similar demonstrations, then the start of its question, never the
+    options, instruction or answer.
     """
 
     def __init__(self, tokenizer, task: Task, max_length: int, system_prompt: Optional[str] = None) -> None:
@@ -70,6 +71,9 @@ class PromptBuilder:
         budget = self.max_length - len(target_ids)
         if len(prompt_ids) <= budget:
             return Encoded(prompt_ids, target_ids, False)
+        if demonstrations:  # the least similar demonstration goes first, before any of the question
+            shorter = self.encode(example, demonstrations[:-1], with_target, candidates)
+            return Encoded(shorter.prompt_ids, shorter.target_ids, True)
         question_ids = self._ids(example.question)
         for _ in range(4):  # re-tokenising the cut text can shift a token or two
             excess = len(prompt_ids) - budget

@@ -105,3 +105,13 @@ def test_export_and_merge(tmp_path, tiny_model, fpb_like):
     restored.model.eval()
     with torch.no_grad():
         assert torch.allclose(restored.model(input_ids=ids).logits, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("recipe", ["callbacks/semievol.yaml", "callbacks/self_training.yaml"])
+def test_recipe_composes_with_a_task_config(tmp_path, tiny_model, fpb_like, recipe):
+    config = run_config(tmp_path, tiny_model, fpb_like, epochs=2)
+    main(["fit", "-c", config, "-c", str(REPO / recipe), "--data.unlabeled", "fpb/unlabeled.csv"])
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    records = checkpoint["SemiFTDataModule"]["pseudo_labels"]
+    assert len(records) == 30 and any(r["selected"] for r in records)
+    assert len(records[0]["view_answers"]) == (4 if recipe.endswith("semievol.yaml") else 1)

@@ -214,3 +214,14 @@ def test_empty_split_after_sizes_and_missing_split(tmp_path):
     assert len(dm.load_split("labeled")) == 3
     with pytest.raises(DataError, match="no test data: set data.test"):
         dm._require("test")
+
+
+def test_long_prompts_drop_demonstrations_before_cutting_the_question(tiny_model):
+    tokenizer = ModelSource(tiny_model).load_tokenizer()
+    builder = PromptBuilder(tokenizer, FPB.task, max_length=160)
+    options = ("negative", "neutral", "positive")
+    demos = [Example(f"d{i}", f"DEMO{i} the company rose up strong", "C", options) for i in range(4)]
+    encoded = builder.encode(Example("1", "QUESTION the company fell", None, options), demos)
+    text = tokenizer.decode(encoded.prompt_ids)
+    assert encoded.truncated and len(encoded.prompt_ids) <= 160
+    assert "DEMO0" in text and "DEMO3" not in text and "QUESTION" in text
