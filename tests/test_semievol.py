@@ -130,3 +130,14 @@ def test_bad_arguments_are_clear(tiny_model, fpb_like, tmp_path):
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [CollaborativeVoting(views=[View(k=2)])])
     with pytest.raises(ValueError, match="no InContextPropagation callback"):
         trainer.fit(module, datamodule)
+
+
+def test_every_candidate_rejected_is_logged_and_training_goes_on(tiny_model, fpb_like, tmp_path, monkeypatch):
+    def no_answers(self, batch):
+        return torch.full((len(batch["examples"]), 10), -float("inf"))
+    monkeypatch.setattr(SemiFTModule, "option_log_probs", no_answers)
+    module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, full_recipe())
+    with pytest.warns(UserWarning, match="every candidate was rejected"):
+        trainer.fit(module, datamodule)
+    assert all(r["answer"] is None and not r["selected"] for r in datamodule.pseudo_labels)
+    assert sizes.sizes == [24, 24] and trainer.current_epoch == 2
