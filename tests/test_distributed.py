@@ -32,7 +32,7 @@ def run(tiny_model, root, out, devices, batch_size):
     callbacks = [InContextPropagation(k=2), CollaborativeVoting(views=[View(k=2), View(adapter="base")]),
                  EntropySelection(keep_fraction=0.5), TrainingSetWriter(out),
                  L.pytorch.callbacks.ModelCheckpoint(out / "ckpt", save_last=True, save_top_k=0)]
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=devices,
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=devices, default_root_dir=out,
                         strategy="ddp_spawn" if devices > 1 else "auto", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=callbacks)
     trainer.fit(module, datamodule)
