@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tqdm.auto import tqdm
 
 from semift_lightning.io import atomic_write_jsonl
+from semift_lightning.module import option_vote
 from semift_lightning.parsing import LETTERS
 from semift_lightning.records import Example
 
@@ -196,8 +197,8 @@ class CollaborativeVoting(SemiEvolStage):
         rounds: how many pseudo-labeling rounds to run.
     """
 
-    def __init__(self, views: Optional[list[View]] = None, self_justification: bool = True, warmup_epochs: int = 1, refresh_every_n_epochs: int = 1,
-                 rounds: int = 1) -> None:
+    def __init__(self, views: Optional[list[View]] = None, self_justification: bool = True, warmup_epochs: int = 1,
+                 refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
         views = [View(**v) if isinstance(v, dict) else v for v in (views if views is not None else [View()])]
         problems = []
         if not views:
@@ -265,8 +266,8 @@ class EntropySelection(SemiEvolStage):
         rounds: how many pseudo-labeling rounds to run.
     """
 
-    def __init__(self, keep_fraction: float = 0.5, always_keep_unanimous: bool = False, warmup_epochs: int = 1, refresh_every_n_epochs: int = 1,
-                 rounds: int = 1) -> None:
+    def __init__(self, keep_fraction: float = 0.5, always_keep_unanimous: bool = False, warmup_epochs: int = 1,
+                 refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
         if not 0 < keep_fraction <= 1:
             raise ValueError(f"EntropySelection: keep_fraction (θ) must be in (0, 1], got {keep_fraction}")
         super().__init__(warmup_epochs, refresh_every_n_epochs, rounds)
@@ -368,13 +369,9 @@ def _answerer(module, task, view: View):
         def closed(batch) -> list[dict]:
             votes = []
             for example, row in zip(batch["examples"], module.option_log_probs(batch)):
-                valid = row[:len(example.options)]
-                if not torch.isfinite(valid).any():
-                    votes.append({"answer": None, "probs": [], "uncertainty": math.inf})
-                    continue
-                probs = valid.softmax(-1).cpu()
-                votes.append({"answer": LETTERS[int(probs.argmax())], "probs": probs.tolist(),
-                              "uncertainty": normalized_entropy(probs)})
+                answer, probs = option_vote(row, len(example.options))
+                votes.append({"answer": answer, "probs": probs.tolist(),
+                              "uncertainty": normalized_entropy(probs) if answer else math.inf})
             return votes
         return closed
 

@@ -211,10 +211,8 @@ class SemiFTModule(L.LightningModule):
         if task.closed_form:
             scores = self.option_log_probs(batch)
             for example, row in zip(batch["examples"], scores):
-                valid = torch.isfinite(row)
-                prediction = LETTERS[int(row.argmax())] if valid.any() else None
-                probs = row[valid].softmax(-1).tolist() if valid.any() else []
-                records.append({"id": example.id, "prediction": prediction, "option_probs": probs})
+                prediction, probs = option_vote(row, len(example.options))
+                records.append({"id": example.id, "prediction": prediction, "option_probs": probs.tolist()})
         else:
             for example, text in zip(batch["examples"], self.generate_with_nll(batch)[0]):
                 records.append({"id": example.id, "prediction": task.parse(text, example), "output": text})
@@ -310,6 +308,16 @@ class SemiFTModule(L.LightningModule):
             self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         return path
+
+
+def option_vote(scores: torch.Tensor, option_count: int) -> tuple[Optional[str], torch.Tensor]:
+    """The letter with the highest score among the first ``option_count`` and the distribution over them;
+    (None, empty) when no option has a finite score."""
+    valid = scores[:option_count]
+    if not torch.isfinite(valid).any():
+        return None, torch.empty(0)
+    probs = valid.float().softmax(-1).cpu()
+    return LETTERS[int(probs.argmax())], probs
 
 
 def summarize(records: list[dict], task_name: str) -> dict:
