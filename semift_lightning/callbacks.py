@@ -123,12 +123,25 @@ class SemiEvolStage(L.Callback):
         self._driver = stages[0] is self
         if self._driver and trainer.reload_dataloaders_every_n_epochs != 1:
             trainer.reload_dataloaders_every_n_epochs = 1  # the training set changes after each round
+        if self._driver and trainer.max_epochs is not None and 0 < trainer.max_epochs <= self.warmup_epochs:
+            rank_zero_warn(f"{type(self).__name__}: warmup_epochs={self.warmup_epochs} is not below "
+                           f"trainer.max_epochs={trainer.max_epochs}: no epoch will train on pseudo-labels")
         self.check(trainer, datamodule, stages)
 
     def check(self, trainer: L.Trainer, datamodule: Any, stages: list["SemiEvolStage"]) -> None:
         """Callback-specific checks that need the trainer, before training starts."""
 
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # With validation at an epoch's end, ModelCheckpoint saves when it ends, before on_train_epoch_end: the
+        # round runs first so that the checkpoint of this epoch holds its pseudo-labels.
+        if trainer.state.fn == "fit" and not trainer.sanity_checking \
+                and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._run_due_round(trainer, pl_module)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._run_due_round(trainer, pl_module)
+
+    def _run_due_round(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._driver:
             return
         index = self.round_due(trainer.current_epoch)

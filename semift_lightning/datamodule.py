@@ -14,11 +14,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from semift_lightning.prompts import PromptBuilder
-from semift_lightning.records import (DataError, Example, check_fractions, read_rows, split_examples, subsample,
+from semift_lightning.records import (DataError, Example, check_fractions, read_rows, same_items, split_examples, subsample,
                                       to_examples)
 from semift_lightning.tasks import Columns, get_preset
 
 SPLITS = ("labeled", "unlabeled", "val", "test")
+OVERLAP_POLICIES = ("error", "drop", "allow")
 IGNORE_INDEX = -100
 
 
@@ -118,6 +119,8 @@ class SemiFTDataModule(L.LightningDataModule):
         pseudo_weight: loss weight of a pseudo-labeled item relative to a labeled one.
         max_pseudo_ratio: at most this many selected pseudo-labeled items per labeled item (the least
             uncertain first); unset means all selected items.
+        test_overlap: what to do with labeled or unlabeled items whose question and options equal a test item's
+            (test leakage): error (default), drop (remove them from training data, listing each), or allow.
     """
 
     def __init__(self, task: str = "multiple_choice", root: Optional[str] = None, labeled: Optional[str] = None,
@@ -126,7 +129,7 @@ class SemiFTDataModule(L.LightningDataModule):
                  columns: Optional[Columns] = None, sizes: SplitSizes = SplitSizes(), batch_size: int = 8,
                  eval_batch_size: int = 16, max_length: int = 1024, num_workers: int = 0, seed: int = 0,
                  system_prompt: Optional[str] = None, cache_dir: Optional[str] = None, pseudo_weight: float = 1.0,
-                 max_pseudo_ratio: Optional[float] = None) -> None:
+                 max_pseudo_ratio: Optional[float] = None, test_overlap: str = "error") -> None:
         super().__init__()
         problems = self.argument_problems(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         if problems:
@@ -148,19 +151,22 @@ class SemiFTDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.pseudo_weight = pseudo_weight
         self.max_pseudo_ratio = max_pseudo_ratio
+        self.test_overlap = test_overlap
         self.prompts: Optional[PromptBuilder] = None
         self.examples: dict[str, list[Example]] = {}
+        self.split_names: dict[str, str] = {}
         self.truncated: dict[str, int] = {}
         self.unlabeled_gold: dict[str, Optional[str]] = {}  # diagnostics only: never trained on or selected by
         self.pseudo_labels: list[dict] = []  # the latest round's records, one per unlabeled item
         self.pseudo_round = 0
+        self.pseudo_epoch = -1
 
     @staticmethod
     def argument_problems(task: str = "multiple_choice", labeled: Optional[str] = None, test: Optional[str] = None,
                           source: Optional[str] = None, split_fractions: Sequence[float] = (0.2, 0.6, 0.2),
                           sizes: Any = None, batch_size: int = 8, eval_batch_size: int = 8, max_length: int = 1024,
                           num_workers: int = 0, pseudo_weight: float = 1.0, max_pseudo_ratio: Optional[float] = None,
-                          **_: Any) -> list[str]:
+                          test_overlap: str = "error", **_: Any) -> list[str]:
         """Every problem with the arguments, each naming its argument; empty when all are fine."""
         problems = []
         try:
@@ -182,6 +188,8 @@ class SemiFTDataModule(L.LightningDataModule):
             problems.append(f"data.pseudo_weight: must be positive, got {pseudo_weight}")
         if max_pseudo_ratio is not None and not max_pseudo_ratio > 0:
             problems.append(f"data.max_pseudo_ratio: must be positive or unset, got {max_pseudo_ratio}")
+        if test_overlap not in OVERLAP_POLICIES:
+            problems.append(f"data.test_overlap: must be one of {', '.join(OVERLAP_POLICIES)}, got {test_overlap!r}")
         for split in SPLITS:
             size = getattr(sizes, split, None)
             if size is not None and size < 1:
@@ -217,7 +225,29 @@ class SemiFTDataModule(L.LightningDataModule):
             self.unlabeled_gold = {example.id: example.answer for example in examples}
             examples = [replace(example, answer=None) for example in examples]
         self.examples[split] = examples
+        self.split_names[split] = name
         return examples
+
+    def check_test_overlap(self) -> None:
+        """Apply ``test_overlap`` to labeled and unlabeled items that equal a test item."""
+        test = self.load_split("test")
+        found = [(split, example, twin) for split in ("labeled", "unlabeled")
+                 for example, twin in same_items(self.load_split(split), test)]
+        if not found or self.test_overlap == "allow":
+            if found:
+                rank_zero_warn(f"{len(found)} training-side item(s) equal a test item (data.test_overlap=allow)")
+            return
+        field = self.columns.question
+        lines = [f"{self.split_names[split]}: row {example.row}: field {field!r}: the same item as "
+                 f"{self.split_names['test']} row {twin.row}" for split, example, twin in found]
+        if self.test_overlap == "error":
+            raise DataError(f"{len(found)} labeled/unlabeled item(s) also in the test data (test leakage); set "
+                            f"data.test_overlap to drop or allow:\n" + "\n".join(lines))
+        rank_zero_warn(f"dropped {len(found)} item(s) that are also in the test data:\n" + "\n".join(lines))
+        for split in ("labeled", "unlabeled"):
+            leaked = {id(example) for name, example, _ in found if name == split}
+            self.examples[split] = [e for e in self.load_split(split) if id(e) not in leaked]
+        self.unlabeled_gold = {e.id: self.unlabeled_gold[e.id] for e in self.examples["unlabeled"]}
 
     def _require(self, split: str) -> list[Example]:
         examples = self.load_split(split)
@@ -228,13 +258,14 @@ class SemiFTDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.prompts is None:
             module = self.trainer.lightning_module
-            self.prompts = PromptBuilder(module.tokenizer, self.task, min(self.max_length, module.max_context_length),
-                                         self.system_prompt)
+            context = getattr(module, "max_context_length", self.max_length)  # optional for modules not ours
+            self.prompts = PromptBuilder(module.tokenizer, self.task, min(self.max_length, context), self.system_prompt)
         needed = {"fit": ["labeled"], "validate": ["val"], "test": ["test"], "predict": ["test"]}[stage]
         for split in needed:
             self._require(split)
         if stage == "fit":
             self.load_split("val")
+            self.check_test_overlap()
 
     # ----- encoding ----------------------------------------------------------------------------------------------
     def encode(self, split: str, examples: Sequence[Example], with_target: bool,
@@ -258,8 +289,10 @@ class SemiFTDataModule(L.LightningDataModule):
         return items
 
     def train_items(self) -> list[dict]:
-        """Encoded training items: the labeled set and the selected pseudo-labeled items."""
-        pseudo = self.pseudo_examples()
+        """Encoded training items: the labeled set and the selected pseudo-labeled items. A round's items join from
+        the epoch after the one it ended, also when a fit resumes from a checkpoint saved inside that epoch."""
+        joined = self.trainer is None or self.trainer.current_epoch > self.pseudo_epoch
+        pseudo = self.pseudo_examples() if joined else []
         return (self.encode("labeled", self._require("labeled"), with_target=True)
                 + self.encode("pseudo", pseudo, with_target=True, weights=[self.pseudo_weight] * len(pseudo)))
 
@@ -274,16 +307,19 @@ class SemiFTDataModule(L.LightningDataModule):
         return [replace(pool[record["id"]], answer=record["answer"]) for record in selected]
 
     def set_pseudo_labels(self, records: list[dict], round_index: int) -> None:
-        """Replace the store with one round's records (one per unlabeled item)."""
+        """Replace the store with one round's records (one per unlabeled item), made at the end of this epoch."""
         self.pseudo_labels = records
         self.pseudo_round = round_index
+        self.pseudo_epoch = self.trainer.current_epoch if self.trainer else -1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pseudo_labels": self.pseudo_labels, "pseudo_round": self.pseudo_round}
+        return {"pseudo_labels": self.pseudo_labels, "pseudo_round": self.pseudo_round,
+                "pseudo_epoch": self.pseudo_epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pseudo_labels = list(state_dict.get("pseudo_labels", []))
         self.pseudo_round = int(state_dict.get("pseudo_round", 0))
+        self.pseudo_epoch = int(state_dict.get("pseudo_epoch", -1))
 
     def pool_loader(self, split: str, examples: Sequence[Example], rank: int = 0, world_size: int = 1,
                     demonstrations: Optional[dict[str, list[Example]]] = None,

@@ -163,16 +163,28 @@ class SemiFTModule(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.optim_args.lr, weight_decay=self.optim_args.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(total * self.optim_args.warmup_ratio)
+        first_step = 1 / max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = self.optim_args.warmup_ratio
 
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
+        def factor(_step: int) -> float:
+            done = self.fit_progress()
+            if done < warmup:
+                return max(done, first_step) / warmup
+            return max(0.0, (1 - done) / (1 - warmup))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def fit_progress(self) -> float:
+        """Fraction of the fit done, in [0, 1]. Epochs count by their own batch count, so a train set that grows
+        after a pseudo-labeling round stretches the learning-rate schedule instead of running past its end."""
+        trainer = self.trainer
+        done = [trainer.global_step / trainer.max_steps] if trainer.max_steps > 0 else []
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            in_epoch = batches / trainer.num_training_batches if 0 < trainer.num_training_batches < math.inf else 0.0
+            done.append((trainer.current_epoch + in_epoch) / trainer.max_epochs)
+        return min(1.0, max(done, default=0.0))
 
     # ----- inference ---------------------------------------------------------------------------------------------
     @torch.no_grad()

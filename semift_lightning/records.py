@@ -10,7 +10,7 @@ import io
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -34,6 +34,19 @@ class Example:
     answer: Optional[str] = None
     options: Optional[tuple[str, ...]] = None
     category: Optional[str] = None
+    row: Optional[int] = field(default=None, compare=False, repr=False)  # 1-based row in its file, for messages
+
+
+def same_items(examples: Sequence[Example], others: Sequence[Example]) -> list[tuple[Example, Example]]:
+    """Pairs (item of ``examples``, item of ``others``) with the same question and options, case and whitespace
+    aside: how test items leak into training data."""
+    def key(example: Example) -> tuple:
+        return " ".join(example.question.split()).casefold(), example.options
+
+    first = {}
+    for other in others:
+        first.setdefault(key(other), other)
+    return [(example, first[key(example)]) for example in examples if key(example) in first]
 
 
 def _decode(data: bytes, name: str) -> str:
@@ -143,7 +156,9 @@ def to_examples(rows: Sequence[dict], task: Task, columns: Columns, name: str,
     unknown = [f"{field} column {column!r}" for field, column in list(fields.items()) + [("options", c) for c in option_fields]
                if column and column not in known]
     if unknown:
-        raise DataError(f"{name}: unknown {', '.join(unknown)}; the columns are: {', '.join(map(str, rows[0]))}")
+        header = list(map(str, rows[0]))
+        hint = next((f" (is the delimiter {d!r}?)" for d in ";\t|" if len(header) == 1 and d in header[0]), "")
+        raise DataError(f"{name}: unknown {', '.join(unknown)}; the columns are: {', '.join(header)}{hint}")
     if task.closed_form and not option_fields and not fixed:
         raise DataError(f"{name}: task {task.name!r} needs an options column (columns.options)")
 
@@ -192,7 +207,7 @@ def to_examples(rows: Sequence[dict], task: Task, columns: Columns, name: str,
         category = row.get(columns.category) if columns.category else None
         examples.append(Example(example_id, str(row[columns.question]), answer,
                                 tuple(options) if options is not None else None,
-                                None if _is_missing(category) else str(category)))
+                                None if _is_missing(category) else str(category), row=number))
     if problems:
         shown = problems[:MAX_LISTED_PROBLEMS]
         more = f"\n... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""

@@ -52,10 +52,12 @@ class Task:
 
 @dataclass(frozen=True)
 class MultipleChoiceTask(Task):
-    """Options shown as lettered lines; the answer is a letter. ``fixed_options`` serves rows without options."""
+    """Options shown as lettered lines; the answer is a letter. ``fixed_options`` serves rows without options;
+    ``numbered_keys`` also accepts 1-based option numbers as answers (ARC keys some items 1-4)."""
 
     instruction: str = "Answer with the letter of the correct option."
     fixed_options: Optional[tuple[str, ...]] = None
+    numbered_keys: bool = False
     closed_form = True
 
     def body(self, example: "Example") -> str:
@@ -73,7 +75,10 @@ class MultipleChoiceTask(Task):
         normalized = [normalize_text(option) for option in options]
         if normalize_text(text) in normalized and normalized.count(normalize_text(text)) == 1:
             return LETTERS[normalized.index(normalize_text(text))]
-        raise ValueError(f"{text!r} is neither an option letter ({LETTERS[0]}-{LETTERS[len(options) - 1]}) "
+        if self.numbered_keys and text.isdigit() and 1 <= int(text) <= len(options):
+            return LETTERS[int(text) - 1]
+        numbers = f", an option number (1-{len(options)})" if self.numbered_keys else ""
+        raise ValueError(f"{text!r} is neither an option letter ({LETTERS[0]}-{LETTERS[len(options) - 1]}){numbers} "
                          f"nor the text of one option")
 
     def parse(self, text: str, example: "Example") -> Optional[str]:
@@ -161,7 +166,7 @@ PRESETS: dict[str, Preset] = {
     "mmlu": Preset(MultipleChoiceTask("mmlu"), Columns(options=["answer_a", "answer_b", "answer_c", "answer_d"],
                                                         answer="correct_answer", category="topic")),
     "mmlu_pro": Preset(MultipleChoiceTask("mmlu_pro"), Columns(id="question_id", category="category")),
-    "arc": Preset(MultipleChoiceTask("arc"), Columns(id="id")),
+    "arc": Preset(MultipleChoiceTask("arc", numbered_keys=True), Columns(id="id")),
     "fpb": Preset(MultipleChoiceTask("fpb", "Answer with the letter of the sentiment.", SENTIMENT)),
     "sentiment": Preset(MultipleChoiceTask("sentiment", "Answer with the letter of the sentiment.", SENTIMENT)),
     "pubmedqa": Preset(MultipleChoiceTask("pubmedqa", fixed_options=("yes", "no", "maybe"))),

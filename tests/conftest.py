@@ -53,7 +53,7 @@ def sentiment_rows(count: int, seed: int = 0) -> list[dict]:
     for i in range(count):
         label = SENTIMENT[i % 3]
         words = rng.sample(WORDS[label], 3)
-        rows.append({"question": f"Sentence: the company {' '.join(words)}.", "gt": label,
+        rows.append({"question": f"Sentence {seed}.{i}: the company {' '.join(words)}.", "gt": label,
                      "options": json.dumps(SENTIMENT), "answer": "ABC"[SENTIMENT.index(label)]})
     return rows
 

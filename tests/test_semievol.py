@@ -19,11 +19,16 @@ class DatasetSizes(L.Callback):
     def __init__(self):
         self.sizes = []
 
+        self.learning_rates = {}
+
     def on_train_epoch_start(self, trainer, pl_module):
         self.sizes.append(len(trainer.train_dataloader.dataset))
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.learning_rates.setdefault(trainer.current_epoch, []).append(trainer.optimizers[0].param_groups[0]["lr"])
 
-def make(tiny_model, root, tmp_path, callbacks, epochs=2, **data):
+
+def make(tiny_model, root, tmp_path, callbacks, epochs=2, trainer_args=None, **data):
     L.seed_everything(7)
     module = SemiFTModule(model=tiny_model, optimizer={"lr": 0.01, "warmup_ratio": 0.0}, lora={"r": 8})
     datamodule = SemiFTDataModule(**{"task": "fpb", "root": str(root), "labeled": "fpb/labeled.csv",
@@ -33,13 +38,30 @@ def make(tiny_model, root, tmp_path, callbacks, epochs=2, **data):
     trainer = L.Trainer(max_epochs=epochs, default_root_dir=tmp_path, logger=L.pytorch.loggers.TensorBoardLogger(
         tmp_path, name="logs", version=""), enable_progress_bar=False, enable_model_summary=False,
         callbacks=[*callbacks, sizes, L.pytorch.callbacks.ModelCheckpoint(tmp_path / "ckpt", save_last=True,
-                                                                            save_top_k=0)])
+                                                                            save_top_k=1)],
+        **(trainer_args or {}))
     return module, datamodule, trainer, sizes
 
 
-def full_recipe():
-    return [InContextPropagation(k=2), CollaborativeVoting(views=[View(k=2), View(k=0), View(adapter="base", k=1)]),
-            EntropySelection(keep_fraction=0.5)]
+def full_recipe(warmup_epochs=1):
+    return [InContextPropagation(k=2, warmup_epochs=warmup_epochs),
+            CollaborativeVoting(views=[View(k=2), View(k=0), View(adapter="base", k=1)], warmup_epochs=warmup_epochs),
+            EntropySelection(keep_fraction=0.5, warmup_epochs=warmup_epochs)]
+
+
+class Crash(L.Callback):
+    """Stops the fit with an error before batch ``batch`` of epoch ``epoch``, as a killed process would."""
+
+    def __init__(self, epoch, batch):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            raise RuntimeError("killed")
+
+
+def adapter_weights(module):
+    return {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
 
 
 def test_full_recipe_refreshes_training_data_and_checkpoints_the_store(tiny_model, fpb_like, tmp_path):
@@ -50,6 +72,10 @@ def test_full_recipe_refreshes_training_data_and_checkpoints_the_store(tiny_mode
     selected = [r for r in records if r["selected"]]
     assert 0 < len(selected) <= 15
     assert sizes.sizes == [24, 24 + len(selected)]  # the epoch after the round trains on labeled + selected
+    # the schedule stretches over the larger epoch: it decays down to its last step instead of reaching zero early
+    rates = sizes.learning_rates[0] + sizes.learning_rates[1]
+    assert all(a > b > 0 for a, b in zip(rates, rates[1:]))
+    assert rates[-1] == pytest.approx(0.01 / 2 / len(sizes.learning_rates[1]))
     assert all(len(r["view_answers"]) == 3 and 0 <= r["agreement"] <= 1 for r in records)
     threshold = max(r["uncertainty"] for r in selected)
     assert all(r["uncertainty"] > threshold for r in records if not r["selected"] and r["answer"])
@@ -141,3 +167,58 @@ def test_every_candidate_rejected_is_logged_and_training_goes_on(tiny_model, fpb
         trainer.fit(module, datamodule)
     assert all(r["answer"] is None and not r["selected"] for r in datamodule.pseudo_labels)
     assert sizes.sizes == [24, 24] and trainer.current_epoch == 2
+
+
+def _interrupted_then_resumed(tiny_model, root, tmp_path, recipe, crash, monkeypatch, epochs=3, trainer_args=None,
+                              **data):
+    """An uninterrupted fit, and a fit that crashes then resumes from last.ckpt: (full, resumed, rounds run on
+    resume)."""
+    full, full_data, trainer, _ = make(tiny_model, root, tmp_path / "full", recipe(), epochs=epochs,
+                                 trainer_args=trainer_args, **data)
+    trainer.fit(full, full_data)
+    module, datamodule, trainer, _ = make(tiny_model, root, tmp_path / "crashed", recipe(), epochs=epochs,
+                                 trainer_args=trainer_args, **data)
+    crash(trainer)
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.fit(module, datamodule)
+    monkeypatch.undo()
+    rounds = []
+    from semift_lightning import callbacks
+    run_round = callbacks.run_round
+    monkeypatch.setattr(callbacks, "run_round", lambda *a: rounds.append(a[-1]) or run_round(*a))
+    module, datamodule, trainer, _ = make(tiny_model, root, tmp_path / "crashed", recipe(), epochs=epochs,
+                                 trainer_args=trainer_args, **data)
+    trainer.fit(module, datamodule, ckpt_path=tmp_path / "crashed" / "ckpt" / "last.ckpt")
+    assert datamodule.pseudo_labels == full_data.pseudo_labels and datamodule.pseudo_round == 1
+    resumed, expected = adapter_weights(module), adapter_weights(full)
+    assert all(torch.equal(resumed[name], expected[name]) for name in expected)
+    return rounds
+
+
+def test_killed_in_the_epoch_after_a_round_resumes_with_its_pseudo_labels(tiny_model, fpb_like, tmp_path,
+                                                                          monkeypatch):
+    # validating twice per epoch, checkpoints are saved at validation end: the round must already be in them
+    write_csv(fpb_like / "fpb" / "val.csv", sentiment_rows(6, seed=4))
+    rounds = _interrupted_then_resumed(tiny_model, fpb_like, tmp_path, full_recipe,
+                                       lambda trainer: trainer.callbacks.insert(0, Crash(epoch=1, batch=2)),
+                                       monkeypatch, epochs=2, trainer_args={"val_check_interval": 0.5},
+                                       val="fpb/val.csv")
+    assert rounds == []  # the finished round came back from the checkpoint
+
+
+def test_killed_during_pseudo_labeling_resumes_and_redoes_only_that_round(tiny_model, fpb_like, tmp_path,
+                                                                         monkeypatch):
+    def crash_mid_round(trainer):
+        calls = []
+        score = SemiFTModule.option_log_probs
+
+        def crash_on_third_batch(self, batch):
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("killed")
+            return score(self, batch)
+        monkeypatch.setattr(SemiFTModule, "option_log_probs", crash_on_third_batch)
+
+    rounds = _interrupted_then_resumed(tiny_model, fpb_like, tmp_path, lambda: full_recipe(warmup_epochs=2),
+                                       crash_mid_round, monkeypatch)
+    assert rounds == [1]  # the interrupted round runs again, once, from the last epoch's checkpoint
