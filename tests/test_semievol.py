@@ -2,6 +2,8 @@
 refreshed training data, gold-column independence, bad arguments."""
 
 import json
+import os
+import shutil
 
 import lightning as L
 import pytest
@@ -10,7 +12,7 @@ import torch
 from semift_lightning import SemiFTDataModule, SemiFTModule
 from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation, View
 
-from conftest import sentiment_rows, write_csv
+from semift_lightning.testing import sentiment_rows, write_csv
 
 
 class DatasetSizes(L.Callback):
@@ -222,3 +224,81 @@ def test_killed_during_pseudo_labeling_resumes_and_redoes_only_that_round(tiny_m
     rounds = _interrupted_then_resumed(tiny_model, fpb_like, tmp_path, lambda: full_recipe(warmup_epochs=2),
                                        crash_mid_round, monkeypatch)
     assert rounds == [1]  # the interrupted round runs again, once, from the last epoch's checkpoint
+
+
+def test_unwritable_or_full_output_folders_fail_before_training(tiny_model, fpb_like, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    started = []
+    monkeypatch.setattr(SemiFTModule, "training_step", lambda *a: started.append(1))
+    module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path / "run", [])
+    trainer.checkpoint_callback.dirpath = str(blocker / "checkpoints")
+    with pytest.raises(OSError, match=r"the run's outputs cannot be written:\n- .*a_file/checkpoints: cannot write"):
+        trainer.fit(module, datamodule)
+    module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path / "run", [])
+    monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1024, 1024))
+    with pytest.raises(OSError, match=r"run.*: 0.0 MiB free, about 0.\d MiB needed"):
+        trainer.fit(module, datamodule)
+    assert started == []
+
+
+def test_checkpoints_are_atomic_and_interrupted_writes_are_cleared(tiny_model, fpb_like, tmp_path, monkeypatch):
+    from semift_lightning.io import AtomicCheckpointIO
+    (tmp_path / "ckpt").mkdir()
+    stale = tmp_path / "ckpt" / ".last.ckpt.x1y2.semift-tmp"  # what a run killed while saving leaves
+    stale.write_bytes(b"half a checkpoint")
+    module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [], epochs=1)
+    trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    saved = []
+    monkeypatch.setattr("semift_lightning.io.os.replace", lambda src, dst: saved.append(dst) or os.rename(src, dst))
+    trainer.fit(module, datamodule)
+    assert not stale.exists()
+    assert any(str(path).endswith("last.ckpt") for path in saved)  # written through a rename
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.startswith(".")) == []
+
+
+def test_same_seed_gives_identical_pseudo_labels_selections_and_test_metrics(tiny_model, fpb_like, tmp_path):
+    def run(out):
+        module, datamodule, trainer, _ = make(tiny_model, fpb_like, out, full_recipe())
+        trainer.fit(module, datamodule)
+        trainer.test(module, datamodule)
+        logs = out / "logs"
+        return (datamodule.pseudo_labels, adapter_weights(module),
+                (logs / "test_summary.json").read_text() + (logs / "test_predictions.jsonl").read_text())
+
+    first, second = run(tmp_path / "first"), run(tmp_path / "second")
+    assert first[0] == second[0] and any(r["selected"] for r in first[0])
+    assert all(torch.equal(first[1][name], second[1][name]) for name in first[1])
+    assert first[2] == second[2]
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_a_usable_checkpoint(tiny_model, fpb_like, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setattr(SemiFTModule, "hidden_states", lambda self, ids, mask, _h=SemiFTModule.hidden_states: (
+        _h(self, ids, mask) * (float("nan") if self.training and self.current_epoch == 1 else 1.0)))
+    module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [])
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss nan at step 6; the last checkpoint "
+                                                 r"holds the state before it"):
+        trainer.fit(module, datamodule)
+    monkeypatch.undo()
+    module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path / "resumed", [])
+    trainer.fit(module, datamodule, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert trainer.global_step == 12 and all(torch.isfinite(p).all() for p in adapter_weights(module).values())
+
+
+def test_an_item_whose_options_all_score_minus_infinity_is_never_selected(tiny_model, fpb_like, tmp_path,
+                                                                          monkeypatch):
+    score = SemiFTModule.option_log_probs
+
+    def blind_on_one_item(self, batch):
+        scores = score(self, batch)
+        for row, example in enumerate(batch["examples"]):
+            if example.id == "7":
+                scores[row] = -float("inf")
+        return scores
+    monkeypatch.setattr(SemiFTModule, "option_log_probs", blind_on_one_item)
+    module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, full_recipe())
+    trainer.fit(module, datamodule)
+    records = {r["id"]: r for r in datamodule.pseudo_labels}
+    assert records["7"]["answer"] is None and not records["7"]["selected"]
+    assert sum(r["selected"] for r in records.values()) > 0
