@@ -72,9 +72,11 @@ class SemiEvolStage(L.Callback):
         rounds: how many pseudo-labeling rounds to run.
     """
 
-    def __init__(self, warmup_epochs: int = 1, refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
-        problems = self.argument_problems(warmup_epochs=warmup_epochs, refresh_every_n_epochs=refresh_every_n_epochs,
-                                          rounds=rounds)
+    def __init__(self, warmup_epochs: int = 1, refresh_every_n_epochs: int = 1, rounds: int = 1,
+                 **arguments: Any) -> None:
+        problems = type(self).argument_problems(warmup_epochs=warmup_epochs,
+                                                refresh_every_n_epochs=refresh_every_n_epochs, rounds=rounds,
+                                                **arguments)
         if problems:
             raise ValueError(f"invalid {type(self).__name__} arguments:\n- " + "\n- ".join(problems))
         self.warmup_epochs = warmup_epochs
@@ -83,7 +85,10 @@ class SemiEvolStage(L.Callback):
         self.history: list[dict] = []
         self._driver = False
 
-    def argument_problems(self, warmup_epochs: int, refresh_every_n_epochs: int, rounds: int) -> list[str]:
+    @classmethod
+    def argument_problems(cls, warmup_epochs: int = 1, refresh_every_n_epochs: int = 1, rounds: int = 1,
+                          **_: Any) -> list[str]:
+        """Every problem with the arguments, each naming its argument; empty when all are fine."""
         problems = []
         if warmup_epochs < 1:
             problems.append(f"warmup_epochs: must be at least 1 (the student first learns from labeled data), "
@@ -173,10 +178,12 @@ class InContextPropagation(SemiEvolStage):
 
     def __init__(self, k: int = 3, warmup_epochs: int = 1, refresh_every_n_epochs: int = 1,
                  rounds: int = 1) -> None:
-        if k < 0:
-            raise ValueError(f"InContextPropagation: k must be at least 0, got {k}")
-        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds)
+        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds, k=k)
         self.k = k
+
+    @classmethod
+    def argument_problems(cls, k: int = 3, **schedule: Any) -> list[str]:
+        return super().argument_problems(**schedule) + ([f"k: must be at least 0, got {k}"] if k < 0 else [])
 
     def check(self, trainer, datamodule, stages) -> None:
         labeled = datamodule.load_split("labeled")
@@ -212,23 +219,27 @@ class CollaborativeVoting(SemiEvolStage):
 
     def __init__(self, views: Optional[list[View]] = None, self_justification: bool = True, warmup_epochs: int = 1,
                  refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
-        views = [View(**v) if isinstance(v, dict) else v for v in (views if views is not None else [View()])]
-        problems = []
+        views = _as_views(views)
+        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds, views=views)
+        self.views = views
+        self.self_justification = self_justification
+
+    @classmethod
+    def argument_problems(cls, views: Optional[list] = None, **schedule: Any) -> list[str]:
+        problems = super().argument_problems(**schedule)
+        views = _as_views(views)
         if not views:
             problems.append("views: needs at least one view (n >= 1)")
         for i, view in enumerate(views):
             if view.k < 0 or view.neighbour_offset < 0:
-                problems.append(f"views[{i}]: k and neighbour_offset must be at least 0, got {view.k}, {view.neighbour_offset}")
+                problems.append(f"views[{i}]: k and neighbour_offset must be at least 0, got {view.k}, "
+                                f"{view.neighbour_offset}")
             if view.temperature < 0:
                 problems.append(f"views[{i}].temperature: must be at least 0, got {view.temperature}")
             if view.adapter not in (STUDENT, BASE) and not (Path(view.adapter) / "adapter_config.json").is_file():
                 problems.append(f"views[{i}].adapter: {view.adapter!r} is neither 'student', 'base' nor a saved "
                                 f"adapter folder (no adapter_config.json)")
-        if problems:
-            raise ValueError("invalid CollaborativeVoting arguments:\n- " + "\n- ".join(problems))
-        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds)
-        self.views = views
-        self.self_justification = self_justification
+        return problems
 
     def check(self, trainer, datamodule, stages) -> None:
         icp = next((s for s in stages if isinstance(s, InContextPropagation)), None)
@@ -281,11 +292,16 @@ class EntropySelection(SemiEvolStage):
 
     def __init__(self, keep_fraction: float = 0.5, always_keep_unanimous: bool = False, warmup_epochs: int = 1,
                  refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
-        if not 0 < keep_fraction <= 1:
-            raise ValueError(f"EntropySelection: keep_fraction (θ) must be in (0, 1], got {keep_fraction}")
-        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds)
+        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds, keep_fraction=keep_fraction)
         self.keep_fraction = keep_fraction
         self.always_keep_unanimous = always_keep_unanimous
+
+    @classmethod
+    def argument_problems(cls, keep_fraction: float = 0.5, **schedule: Any) -> list[str]:
+        problems = super().argument_problems(**schedule)
+        if not 0 < keep_fraction <= 1:
+            problems.append(f"keep_fraction (θ): must be in (0, 1], got {keep_fraction}")
+        return problems
 
     def select(self, records: list[dict]) -> Optional[float]:
         answered = [r for r in records if r["answer"] is not None and math.isfinite(r["uncertainty"])]
@@ -328,6 +344,14 @@ def run_round(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, st
 
 
 # ----- helpers ---------------------------------------------------------------------------------------------------
+def _as_views(views: Optional[list]) -> list[View]:
+    """Views from View objects, mappings or parsed-config namespaces; one student view when unset."""
+    if views is None:
+        return [View()]
+    return [view if isinstance(view, View) else View(**(view if isinstance(view, dict) else vars(view)))
+            for view in views]
+
+
 def _mean_pooled(module, batch) -> list[torch.Tensor]:
     hidden = module.hidden_states(batch["input_ids"], batch["attention_mask"]).float()
     mask = batch["attention_mask"].unsqueeze(-1).float()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
@@ -57,6 +58,13 @@ class SemiFTCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         problems = SemiFTModule.argument_problems(**vars(config.model)) + \
             SemiFTDataModule.argument_problems(**vars(config.data))
+        for key in self.SEMIEVOL_KEYS:
+            chosen = config.get(key)
+            if chosen is not None:
+                module_name, _, class_name = chosen.class_path.rpartition(".")
+                callback = getattr(importlib.import_module(module_name), class_name)
+                arguments = vars(chosen.init_args) if chosen.get("init_args") is not None else {}
+                problems += [f"{key}.init_args.{problem}" for problem in callback.argument_problems(**arguments)]
         if problems:
             raise ValueError("invalid arguments:\n- " + "\n- ".join(problems))
 

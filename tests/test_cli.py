@@ -33,11 +33,17 @@ def test_all_bad_arguments_reported_at_once_before_loading(monkeypatch):
     monkeypatch.setattr("semift_lightning.model.ModelSource.resolve", no_loading)
     with pytest.raises(ValueError) as err:
         main(["fit", "--model.lora.r", "0", "--model.optimizer.lr", "-1", "--data.source", "x.csv",
-              "--data.split_fractions", "[0.5, 0.3, 0.3]", "--data.batch_size", "0"])
+              "--data.split_fractions", "[0.5, 0.3, 0.3]", "--data.batch_size", "0", "--data.test_overlap", "maybe",
+              "-c", str(REPO / "callbacks" / "semievol.yaml"), "--selection.init_args.keep_fraction", "0",
+              "--voting.init_args.views", "[]", "--propagation.init_args.k", "-1"])
     message = str(err.value)
     for fragment in ["model.lora.r: must be at least 1, got 0", "model.optimizer.lr: must be positive, got -1.0",
                      "data.split_fractions: fractions [0.5, 0.3, 0.3] sum to 1.1, not 1",
-                     "data.batch_size: must be at least 1, got 0"]:
+                     "data.batch_size: must be at least 1, got 0",
+                     "data.test_overlap: must be one of error, drop, allow, got 'maybe'",
+                     "selection.init_args.keep_fraction (θ): must be in (0, 1], got 0",
+                     "voting.init_args.views: needs at least one view (n >= 1)",
+                     "propagation.init_args.k: must be at least 0, got -1"]:
         assert fragment in message
 
 

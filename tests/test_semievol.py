@@ -144,7 +144,7 @@ def test_empty_unlabeled_set_warns_and_trains_on_labeled(tiny_model, fpb_like, t
 
 
 def test_bad_arguments_are_clear(tiny_model, fpb_like, tmp_path):
-    with pytest.raises(ValueError, match=r"keep_fraction \(θ\) must be in \(0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"keep_fraction \(θ\): must be in \(0, 1\], got 1.5"):
         EntropySelection(keep_fraction=1.5)
     with pytest.raises(ValueError, match=r"views: needs at least one view \(n >= 1\)"):
         CollaborativeVoting(views=[])
