@@ -1,0 +1,57 @@
+"""Accuracies with 95% bootstrap intervals over test items, and each run's paired difference to a baseline run.
+
+    python benchmarks/compare.py BASELINE_PREDICTIONS.jsonl OTHER_PREDICTIONS.jsonl [...] [--resamples 10000] [--seed 0]
+
+Each file is a ``test_predictions.jsonl`` written by ``semift test``; items are paired by id (the files must hold
+the same ids). A difference whose interval includes zero is reported as "no difference".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def correctness(path: str) -> dict[str, float]:
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {row["id"]: float(bool(row["correct"])) for row in rows}
+
+
+def interval(values: torch.Tensor, resamples: int, generator: torch.Generator) -> tuple[float, float, float]:
+    """Mean and 95% percentile-bootstrap interval of the mean of ``values``."""
+    picks = torch.randint(len(values), (resamples, len(values)), generator=generator)
+    means = values[picks].mean(1)
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=means.dtype)).tolist()
+    return values.mean().item(), low, high
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("baseline")
+    parser.add_argument("others", nargs="+")
+    parser.add_argument("--resamples", type=int, default=10000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    baseline = correctness(args.baseline)
+    ids = sorted(baseline)
+    print(f"{len(ids)} paired items, {args.resamples} resamples, seed {args.seed}")
+    base = torch.tensor([baseline[i] for i in ids], dtype=torch.float64)
+    mean, low, high = interval(base, args.resamples, torch.Generator().manual_seed(args.seed))
+    print(f"{args.baseline}: accuracy {mean:.4f} [{low:.4f}, {high:.4f}] (baseline)")
+    for path in args.others:
+        other = correctness(path)
+        if sorted(other) != ids:
+            raise SystemExit(f"{path}: holds other item ids than {args.baseline}")
+        values = torch.tensor([other[i] for i in ids], dtype=torch.float64)
+        mean, low, high = interval(values, args.resamples, torch.Generator().manual_seed(args.seed))
+        diff, dlow, dhigh = interval(values - base, args.resamples, torch.Generator().manual_seed(args.seed))
+        verdict = "no difference" if dlow <= 0 <= dhigh else ("better" if diff > 0 else "worse")
+        print(f"{path}: accuracy {mean:.4f} [{low:.4f}, {high:.4f}]; paired difference {diff:+.4f} "
+              f"[{dlow:+.4f}, {dhigh:+.4f}]: {verdict}")
+
+
+if __name__ == "__main__":
+    main()
