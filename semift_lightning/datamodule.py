@@ -14,8 +14,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from semift_lightning.prompts import PromptBuilder
-from semift_lightning.records import (DataError, Example, check_fractions, read_rows, same_items, split_examples, subsample,
-                                      to_examples)
+from semift_lightning.records import (DataError, Example, check_fractions, read_rows, same_items, split_examples,
+                                      subsample, to_examples)
 from semift_lightning.tasks import Columns, get_preset
 
 SPLITS = ("labeled", "unlabeled", "val", "test")

@@ -60,8 +60,9 @@ def check_outputs(trainer: L.Trainer, fitting: bool, needed_bytes: int = 0, clea
     problems = []
     if trainer.is_global_zero:
         problems = [problem for problem in (check_writable(f, needed_bytes) for f in sorted(folders)) if problem]
-        for folder in folders if clear_interrupted_writes and not problems else []:
-            remove_interrupted_writes(folder)
+        if clear_interrupted_writes and not problems:
+            for folder in folders:
+                remove_interrupted_writes(folder)
     problems = trainer.strategy.broadcast(problems)
     if problems:
         raise OSError("the run's outputs cannot be written:\n- " + "\n- ".join(problems))
