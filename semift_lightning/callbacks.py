@@ -11,6 +11,7 @@ checkpoints); the callbacks keep only bookkeeping.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -285,16 +286,19 @@ class EntropySelection(SemiEvolStage):
     Args:
         keep_fraction: θ, the fraction of answered items kept, in (0, 1].
         always_keep_unanimous: also keep every item all views agreed on.
+        per_answer: apply θ within each answer option separately (closed-form tasks only), so that the kept
+            items have the answer mix of the pool instead of piling up on the answer the student is surest of.
         warmup_epochs: labeled-only epochs before the first round (the same in every SemiEvol callback).
         refresh_every_n_epochs: epochs between rounds.
         rounds: how many pseudo-labeling rounds to run.
     """
 
-    def __init__(self, keep_fraction: float = 0.5, always_keep_unanimous: bool = False, warmup_epochs: int = 1,
-                 refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
+    def __init__(self, keep_fraction: float = 0.5, always_keep_unanimous: bool = False, per_answer: bool = False,
+                 warmup_epochs: int = 1, refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
         super().__init__(warmup_epochs, refresh_every_n_epochs, rounds, keep_fraction=keep_fraction)
         self.keep_fraction = keep_fraction
         self.always_keep_unanimous = always_keep_unanimous
+        self.per_answer = per_answer
 
     @classmethod
     def argument_problems(cls, keep_fraction: float = 0.5, **schedule: Any) -> list[str]:
@@ -303,14 +307,25 @@ class EntropySelection(SemiEvolStage):
             problems.append(f"keep_fraction (θ): must be in (0, 1], got {keep_fraction}")
         return problems
 
+    def check(self, trainer, datamodule, stages) -> None:
+        if self.per_answer and not datamodule.task.closed_form:
+            raise ValueError(f"EntropySelection: per_answer=True needs a closed-form task; {datamodule.task.name!r} "
+                             f"has free-form answers")
+
     def select(self, records: list[dict]) -> Optional[float]:
+        """Marks the kept records; returns the threshold (with ``per_answer``, the largest of the answers')."""
         answered = [r for r in records if r["answer"] is not None and math.isfinite(r["uncertainty"])]
-        if not answered:
-            return None
-        threshold = quantile_threshold([r["uncertainty"] for r in answered], self.keep_fraction)
+        groups: dict[Optional[str], list[dict]] = {}
         for record in answered:
-            record["selected"] = record["uncertainty"] <= threshold or (self.always_keep_unanimous and record["unanimous"])
-        return threshold
+            groups.setdefault(record["answer"] if self.per_answer else None, []).append(record)
+        thresholds = []
+        for group in groups.values():
+            threshold = quantile_threshold([r["uncertainty"] for r in group], self.keep_fraction)
+            thresholds.append(threshold)
+            for record in group:
+                record["selected"] = record["uncertainty"] <= threshold or (self.always_keep_unanimous
+                                                                            and record["unanimous"])
+        return max(thresholds, default=None)
 
 
 def run_round(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, stages: list[SemiEvolStage],
@@ -363,7 +378,7 @@ def _map_pool(trainer, datamodule, split, examples, fn, description, **loader_kw
     """Run ``fn`` over this rank's shard of ``examples`` and gather one result per id from every rank."""
     loader = datamodule.pool_loader(split, examples, trainer.global_rank, trainer.world_size, **loader_kwargs)
     device = trainer.lightning_module.device
-    results = {}
+    results, start = {}, time.perf_counter()
     for batch in tqdm(loader, desc=f"round: {description}", disable=not trainer.is_global_zero, leave=False):
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         for example, result in zip(batch["examples"], fn(batch)):
@@ -372,6 +387,8 @@ def _map_pool(trainer, datamodule, split, examples, fn, description, **loader_kw
         parts = [None] * trainer.world_size
         torch.distributed.all_gather_object(parts, results)
         results = {key: value for part in parts for key, value in part.items()}
+    seconds = time.perf_counter() - start
+    rank_zero_info(f"round: {description}: {len(results)} items in {seconds:.1f} s ({len(results) / seconds:.2f}/s)")
     return results
 
 
@@ -461,6 +478,9 @@ def _round_metrics(records, gold, task, threshold, index) -> dict:
                "threshold": threshold if threshold is not None else float("nan"),
                "mean_uncertainty": sum(finite) / len(finite) if finite else float("nan"),
                "no_answer": sum(r["answer"] is None for r in records)}
+    if task.closed_form:  # the answer mix of the selection: a pile-up on one option shows here
+        for answer in sorted({r["answer"] for r in records if r["answer"] is not None}):
+            metrics[f"selected_answer_{answer}"] = sum(r["answer"] == answer for r in selected)
     scored = [(r, gold[r["id"]]) for r in records if gold.get(r["id"]) is not None]
     if scored:  # diagnostic only: gold answers never reach training or selection
         check = lambda r, g: _same(task, r["answer"], g, Example(r["id"], "", g))  # noqa: E731

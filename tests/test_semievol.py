@@ -85,6 +85,8 @@ def test_full_recipe_refreshes_training_data_and_checkpoints_the_store(tiny_mode
     assert [r["id"] for r in written] == [r["id"] for r in records]
     metrics = trainer.callback_metrics
     assert metrics["semievol/selected"] == len(selected) and "semievol/pseudo_label_accuracy" in metrics
+    answers = {r["answer"] for r in records if r["answer"]}
+    assert all(metrics[f"semievol/selected_answer_{a}"] == sum(r["answer"] == a for r in selected) for a in answers)
 
     checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     restored = SemiFTDataModule(task="fpb")
@@ -134,6 +136,26 @@ def test_each_callback_alone(tiny_model, fpb_like, tmp_path, callbacks):
     assert sizes.sizes == [24, 24 + selected]
     trainable = [n for n, p in module.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable) and module.training
+
+
+def test_per_answer_selection_keeps_each_answers_least_uncertain_fraction():
+    # the pool's confident answers are all "B": a pool-wide quantile keeps only B, per answer keeps A and C too
+    uncertainties = {"A": [0.8, 0.9, 0.95, 0.99], "B": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75], "C": [0.85, 0.97]}
+    def pool():
+        return [{"id": f"{answer}{i}", "answer": answer, "uncertainty": u, "unanimous": True, "selected": False}
+                for answer, values in uncertainties.items() for i, u in enumerate(values)]
+    pooled, per_answer = pool(), pool()
+    assert EntropySelection(keep_fraction=0.5).select(pooled) == 0.7
+    assert {r["answer"] for r in pooled if r["selected"]} == {"B"}
+    assert EntropySelection(keep_fraction=0.5, per_answer=True).select(per_answer) == 0.9
+    assert sorted(r["id"] for r in per_answer if r["selected"]) == ["A0", "A1", "B0", "B1", "B2", "B3", "C0"]
+
+
+def test_per_answer_selection_refuses_free_form_tasks(tiny_model, fpb_like, tmp_path):
+    module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [EntropySelection(per_answer=True)],
+                                          task="free_text")
+    with pytest.raises(ValueError, match="per_answer=True needs a closed-form task; 'free_text' has free-form"):
+        trainer.fit(module, datamodule)
 
 
 def test_empty_unlabeled_set_warns_and_trains_on_labeled(tiny_model, fpb_like, tmp_path):
