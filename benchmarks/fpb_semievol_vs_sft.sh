@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# FPB with SmolLM2-135M-Instruct: vanilla, SFT-only for 3 epochs, SemiEvol (the recipe's 2 labeled-only epochs, one
-# pseudo-labeling round, 1 epoch on labeled + selected), and SFT-only for as many optimizer steps as SemiEvol took.
+# FPB with SmolLM2-135M-Instruct: vanilla, SFT-only for 3 epochs, SemiEvol (labeled-only warm-up epochs, one
+# pseudo-labeling round, then labeled + selected), and SFT-only for as many optimizer steps as SemiEvol took.
 # Prints every test accuracy, the round's numbers and the wall time of each stage. Seed: configs/fpb.yaml (42).
-# Usage: benchmarks/fpb_semievol_vs_sft.sh DATA_ROOT [RECIPE]     (RECIPE default: callbacks/semievol_light.yaml)
+# Usage: benchmarks/fpb_semievol_vs_sft.sh DATA_ROOT [RECIPE [SEMIFT_FIT_ARGS...]]
+#   RECIPE default: callbacks/semievol_light.yaml; the default SEMIFT_FIT_ARGS (the published run) warm up for 3
+#   epochs of a 4-epoch fit.
 set -euo pipefail
 root=${1:?pass the folder holding fpb/*.csv}
 recipe=${2:-callbacks/semievol_light.yaml}
+shift $(( $# < 2 ? $# : 2 ))
+schedule=("$@")
+if [ ${#schedule[@]} -eq 0 ]; then
+  schedule=(--trainer.max_epochs 4 --propagation.init_args.warmup_epochs 3 --voting.init_args.warmup_epochs 3
+            --selection.init_args.warmup_epochs 3)
+fi
 stamp() { date +%s; }
 ckpt() { echo "runs/$1/logs/checkpoints/last.ckpt"; }
 run_test() { semift test -c configs/fpb.yaml --data.root "$root" --trainer.logger.init_args.save_dir "runs/$1" ${2:+--ckpt_path "$2"}; }
@@ -13,7 +21,8 @@ run_test() { semift test -c configs/fpb.yaml --data.root "$root" --trainer.logge
 t0=$(stamp); run_test fpb_vanilla
 t1=$(stamp); semift fit -c configs/fpb.yaml --data.root "$root" --trainer.logger.init_args.save_dir runs/fpb_sft
 t2=$(stamp); run_test fpb_sft "$(ckpt fpb_sft)"
-t3=$(stamp); semift fit -c configs/fpb.yaml -c "$recipe" --data.root "$root" --trainer.logger.init_args.save_dir runs/fpb_semievol
+t3=$(stamp); semift fit -c configs/fpb.yaml -c "$recipe" --data.root "$root" --trainer.logger.init_args.save_dir runs/fpb_semievol \
+  "${schedule[@]}"
 t4=$(stamp); run_test fpb_semievol "$(ckpt fpb_semievol)"
 t5=$(stamp)
 steps=$(python -c "import torch; print(torch.load('$(ckpt fpb_semievol)', weights_only=True)['global_step'])")

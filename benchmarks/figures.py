@@ -1,0 +1,107 @@
+"""Figures for BENCHMARKS.md from files that runs already wrote (no model is loaded).
+
+    python benchmarks/figures.py --data-root ../shared/data/semievol --out benchmarks/figures \
+        --test vanilla=runs/fpb_vanilla/logs/test_predictions.jsonl --test SFT=... --test SemiEvol=... \
+        --round runs/fpb_semievol3/logs/pseudo_labels_round1.jsonl
+
+1. test_uncertainty.png: the normalised entropy of each run's option distribution on the test items (the paper's
+   Figure 4 idea: does SemiEvol leave the model more certain?), with each run's accuracy.
+2. pseudo_label_accuracy_by_uncertainty.png: a round's pseudo-labels in ten uncertainty bins (deciles of the pool),
+   the accuracy of each bin against the unlabeled file's gold column (a diagnostic, never used in training).
+3. kept_accuracy_vs_theta.png: the accuracy of the pseudo-labels that EntropySelection keeps, against θ, pool-wide
+   and per answer option.
+Each figure's numbers are printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from semift_lightning import SemiFTDataModule  # noqa: E402
+from semift_lightning.callbacks import EntropySelection, normalized_entropy  # noqa: E402
+
+THETAS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+
+def read_jsonl(path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def test_uncertainty(runs: dict[str, list[dict]], out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, records in runs.items():
+        values = [normalized_entropy(torch.tensor(r["option_probs"])) for r in records]
+        accuracy = sum(bool(r["correct"]) for r in records) / len(records)
+        print(f"{name}: test accuracy {accuracy:.4f}, mean normalised entropy {sum(values) / len(values):.3f}")
+        ax.hist(values, bins=20, range=(0, 1), histtype="step", linewidth=1.5, label=f"{name} ({accuracy:.1%})")
+    ax.set(xlabel="normalised entropy of the option distribution", ylabel="test items",
+           title="Uncertainty on the test set")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "test_uncertainty.png", dpi=120)
+
+
+def accuracy_by_uncertainty(records: list[dict], gold: dict, out: Path) -> None:
+    ordered = sorted((r for r in records if r["answer"] is not None), key=lambda r: r["uncertainty"])
+    bins = [ordered[len(ordered) * i // 10:len(ordered) * (i + 1) // 10] for i in range(10)]
+    accuracies = [sum(r["answer"] == gold[r["id"]] for r in part) / len(part) for part in bins]
+    print("pseudo-label accuracy per uncertainty decile (least uncertain first): "
+          + " ".join(f"{a:.3f}" for a in accuracies))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar([f"{10 * i}-{10 * (i + 1)}" for i in range(10)], accuracies)
+    ax.set(xlabel="uncertainty percentile of the pool", ylabel="pseudo-label accuracy", ylim=(0, 1),
+           title="Is lower uncertainty more accurate?")
+    ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "pseudo_label_accuracy_by_uncertainty.png", dpi=120)
+
+
+def kept_accuracy_vs_theta(records: list[dict], gold: dict, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for per_answer in (False, True):
+        accuracies = []
+        for theta in THETAS:
+            trial = copy.deepcopy(records)
+            EntropySelection(keep_fraction=theta, per_answer=per_answer).select(trial)
+            kept = [r for r in trial if r["selected"]]
+            accuracies.append(sum(r["answer"] == gold[r["id"]] for r in kept) / len(kept))
+        label = "per answer option" if per_answer else "pool-wide"
+        print(f"kept pseudo-label accuracy, {label}: "
+              + " ".join(f"θ={t}:{a:.3f}" for t, a in zip(THETAS, accuracies)))
+        ax.plot(THETAS, accuracies, marker="o", label=label)
+    ax.set(xlabel="θ (fraction kept)", ylabel="accuracy of the kept pseudo-labels", title="Selection against θ")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "kept_accuracy_vs_theta.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", required=True, help="folder holding fpb/unlabeled.csv (gold for diagnostics)")
+    parser.add_argument("--test", action="append", default=[], metavar="NAME=PREDICTIONS_JSONL")
+    parser.add_argument("--round", required=True, help="a pseudo_labels_round<N>.jsonl")
+    parser.add_argument("--out", default="benchmarks/figures")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    test_uncertainty({name: read_jsonl(path) for name, path in (item.split("=", 1) for item in args.test)}, out)
+    datamodule = SemiFTDataModule(task="fpb", root=args.data_root, labeled="fpb/labeled.csv",
+                                  unlabeled="fpb/unlabeled.csv")
+    datamodule.load_split("unlabeled")
+    records = read_jsonl(args.round)
+    accuracy_by_uncertainty(records, datamodule.unlabeled_gold, out)
+    kept_accuracy_vs_theta(records, datamodule.unlabeled_gold, out)
+    print(f"figures in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Training speed: `semift fit`'s training loop against a plain PyTorch + peft loop, same model, data and batch size.
+
+    python benchmarks/speed_training.py --data-root ../shared/data/semievol [--epochs 1] [--seed 0]
+
+Ours: SemiFTModule + SemiFTDataModule in a Lightning Trainer at the precision `semift` picks (bf16-mixed where bf16
+is fast, else 32-true), length-grouped batches, logits only at the answer tokens.
+Plain (what a typical script does): the same model, LoRA settings and prompt/answer token ids, fp32, shuffled
+batches right-padded to their longest item, Hugging Face's loss from logits at every position, AdamW.
+Each runs in its own subprocess, one after the other (so each peak RSS is its own), on FPB's labeled set. The
+script prints tokens per second (prompt and answer tokens, padding not counted), the ratio, the achieved TFLOP/s
+(model FLOPs of what each computes, see measure.ModelFlops) against GEMM peaks measured in the same command, and
+the peak RSS of each process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from measure import ModelFlops, gemm_peaks, machine, peak_rss_mib
+from semift_lightning import SemiFTDataModule, SemiFTModule
+from semift_lightning.cli import default_precision
+from semift_lightning.model import SMOLLM2_135M_INSTRUCT
+from semift_lightning.prompts import PromptBuilder
+
+IGNORE_INDEX = -100
+
+
+def data_and_module(args) -> tuple[SemiFTDataModule, SemiFTModule]:
+    datamodule = SemiFTDataModule(task="fpb", root=args.data_root, labeled="fpb/labeled.csv", batch_size=args.batch_size,
+                                  seed=args.seed)
+    return datamodule, SemiFTModule(model=args.model, optimizer={"lr": 3e-4, "warmup_ratio": 0.05})
+
+
+class Meter(L.Callback):
+    """Wall time from the first training batch's start to the last one's end; tokens and model FLOPs per batch."""
+
+    def __init__(self) -> None:
+        self.start, self.seconds, self.tokens, self.flops = None, 0.0, 0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.start is None:
+            self.start = time.perf_counter()
+            self.model_flops = ModelFlops(pl_module.model.get_base_model())
+        answers = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        self.tokens += int(batch["attention_mask"].sum())
+        self.flops += self.model_flops.training(*batch["input_ids"].shape, answers)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seconds = time.perf_counter() - self.start
+
+
+def run_ours(args) -> dict:
+    L.seed_everything(args.seed)
+    datamodule, module = data_and_module(args)
+    meter = Meter()
+    trainer = L.Trainer(max_epochs=args.epochs, precision=default_precision(), logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                        callbacks=[meter])
+    trainer.fit(module, datamodule)
+    return {"seconds": meter.seconds, "tokens": meter.tokens, "flops": meter.flops, "steps": trainer.global_step}
+
+
+def right_padded(pad_id: int):
+    def collate(items: list[dict]) -> dict:
+        width = max(len(item["input_ids"]) for item in items)
+        def pad(key, value):
+            return torch.tensor([item[key] + [value] * (width - len(item[key])) for item in items])
+        return {"input_ids": pad("input_ids", pad_id), "labels": pad("labels", IGNORE_INDEX),
+                "attention_mask": torch.tensor([[1] * len(item["input_ids"]) + [0] * (width - len(item["input_ids"]))
+                                                for item in items])}
+    return collate
+
+
+def run_plain(args) -> dict:
+    """A typical hand-written LoRA loop; the prompts and weights come from our classes so both train on the same
+    token ids."""
+    L.seed_everything(args.seed)
+    datamodule, module = data_and_module(args)
+    module.configure_model()  # the same base weights and LoRA settings, fp32
+    model = module.model
+    datamodule.prompts = PromptBuilder(module.tokenizer, datamodule.task, datamodule.max_length)
+    items = datamodule.encode("labeled", datamodule.load_split("labeled"), with_target=True)
+    loader = DataLoader([{k: item[k] for k in ("input_ids", "labels")} for item in items],
+                        batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(args.seed),
+                        collate_fn=right_padded(module.tokenizer.pad_token_id))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
+    model_flops = ModelFlops(model.get_base_model())
+    model.train()
+    tokens, flops, steps = 0, 0.0, 0
+    start = time.perf_counter()
+    for _ in range(args.epochs):
+        for batch in loader:
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            tokens += int(batch["attention_mask"].sum())
+            flops += model_flops.training(*batch["input_ids"].shape, batch["input_ids"].numel())
+            steps += 1
+    return {"seconds": time.perf_counter() - start, "tokens": tokens, "flops": flops, "steps": steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", required=True, help="folder holding fpb/labeled.csv")
+    parser.add_argument("--model", default=SMOLLM2_135M_INSTRUCT)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["ours", "plain"], help=argparse.SUPPRESS)  # one side, in a subprocess
+    args = parser.parse_args()
+    if args.only:
+        result = (run_ours if args.only == "ours" else run_plain)(args)
+        print("RESULT " + json.dumps({**result, "peak_rss_mib": peak_rss_mib()}), flush=True)
+        return
+    print(f"machine: {machine()}; seed {args.seed}; FPB labeled set, batch size {args.batch_size}, "
+          f"{args.epochs} epoch(s)")
+    peaks = gemm_peaks()
+    print("GEMM peaks: " + ", ".join(f"{name} {value:.3f} TFLOP/s" for name, value in peaks.items()))
+    results = {}
+    for side in ("ours", "plain"):
+        output = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--only", side], check=True,
+                                capture_output=True, text=True).stdout
+        results[side] = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
+    peak = max(peaks.values())
+    print("| loop | steps | seconds | tokens/s | achieved TFLOP/s | share of best GEMM peak | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for side, r in results.items():
+        tflops = r["flops"] / r["seconds"] / 1e12
+        print(f"| {side} | {r['steps']} | {r['seconds']:.1f} | {r['tokens'] / r['seconds']:.1f} | {tflops:.4f} | "
+              f"{tflops / peak:.1%} | {r['peak_rss_mib']:.0f} |")
+    speed = {side: r["tokens"] / r["seconds"] for side, r in results.items()}
+    print(f"speed ratio (ours / plain, tokens per second): {speed['ours'] / speed['plain']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
