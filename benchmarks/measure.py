@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import resource
+import subprocess
+import sys
 import time
+from typing import Optional
 
 import torch
 from torch import nn
@@ -57,9 +61,24 @@ class ModelFlops:
         self.layers, self.hidden = config.num_hidden_layers, config.hidden_size
         self.head_per_position = 2 * causal_lm.get_output_embeddings().weight.numel()
 
-    def forward(self, batch_size: int, length: int, logit_positions: int) -> float:
-        attention = 4 * self.layers * self.hidden * batch_size * length ** 2
+    def forward(self, batch_size: int, length: int, logit_positions: int, context: Optional[int] = None) -> float:
+        """``length`` new positions per item attending over ``context`` positions (default: themselves)."""
+        attention = 4 * self.layers * self.hidden * batch_size * length * (context or length)
         return self.linear_per_position * batch_size * length + attention + self.head_per_position * logit_positions
+
+    def count_decoder_calls(self, decoder: nn.Module) -> list[float]:
+        """Adds every forward call of ``decoder`` (prompt passes and cached generation steps alike) to the returned
+        one-item list, counting the output head at one position per item."""
+        total = [0.0]
+
+        def hook(module, args, kwargs):
+            tokens = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+            batch_size, length = tokens.shape[:2]
+            mask = kwargs.get("attention_mask")
+            context = mask.shape[-1] if isinstance(mask, torch.Tensor) else length
+            total[0] += self.forward(batch_size, length, batch_size, context)
+        decoder.register_forward_pre_hook(hook, with_kwargs=True)
+        return total
 
     def training(self, batch_size: int, length: int, logit_positions: int) -> float:
         """Forward plus a backward that computes input gradients only (the base weights are frozen; the LoRA
@@ -70,3 +89,11 @@ class ModelFlops:
 def peak_rss_mib() -> float:
     """Peak resident memory of this whole process so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_in_subprocess(script: str, side: str) -> dict:
+    """Run ``script`` with this command's arguments plus ``--only SIDE``; the dict it printed after ``RESULT ``.
+    Its stderr (progress, warnings, a traceback) goes to this command's stderr."""
+    output = subprocess.run([sys.executable, script, *sys.argv[1:], "--only", side], check=True,
+                            stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[len("RESULT "):])

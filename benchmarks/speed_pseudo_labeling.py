@@ -7,20 +7,23 @@ Ours: one SemiEvol round as ``semift fit`` runs it (in-context propagation with 
 Reference (what SemiEvol's published code does): for every item n=4 sampled generations at temperature 1.0 from the
 student with its 3 nearest labeled demonstrations (the neighbours are given to it for free), the answer parsed from
 each text, majority vote, and one reflection generation (greedy, shown the candidates) where the samples disagree.
-Both run in this process on the same weights, one after the other; the script prints items per second of each, the
-ratio, both pseudo-label accuracies against the gold column (a diagnostic, as in training), seeds and the machine.
+Each runs in its own subprocess on the same weights and seeded pool, one after the other (so each peak RSS is its
+own); the script prints items per second of each, the ratio, both pseudo-label accuracies against the gold column (a
+diagnostic, as in training), the achieved TFLOP/s of each (model FLOPs of every decoder call, see measure.ModelFlops)
+against GEMM peaks measured in the same command, seeds and the machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import json
 import time
 from collections import Counter
 
 import lightning as L
 import torch
 
+from measure import ModelFlops, gemm_peaks, machine, peak_rss_mib, run_in_subprocess
 from semift_lightning import SemiFTDataModule, SemiFTModule
 from semift_lightning.datamodule import SplitSizes
 from semift_lightning import callbacks as semievol
@@ -59,6 +62,46 @@ def accuracy(answers: dict, gold: dict) -> float:
     return sum(answers.get(key) == value for key, value in gold.items()) / len(gold)
 
 
+def run_side(args, side: str) -> dict:
+    """One side in this process: the same seeded pool, weights and (for the reference) neighbours as the other."""
+    L.seed_everything(args.seed)
+    module = SemiFTModule(model=args.model, adapter=args.adapter, optimizer={"lr": 1e-12})  # the fit step is a no-op
+    datamodule = SemiFTDataModule(task="fpb", root=args.data_root, labeled="fpb/labeled.csv",
+                                  unlabeled="fpb/unlabeled.csv", sizes=SplitSizes(unlabeled=args.items), batch_size=8,
+                                  eval_batch_size=16, seed=args.seed)
+    views = [View(k=3), View(k=3, neighbour_offset=3), View(k=0), View(adapter="base", k=3)]
+    propagation = InContextPropagation(k=6)
+    stages = [propagation, CollaborativeVoting(views=views), EntropySelection(keep_fraction=0.5)] if side == "ours" else []
+    measured = {}
+    run_round = semievol.run_round
+
+    def timed_round(*round_args):
+        flops = ModelFlops(module.model.get_base_model()).count_decoder_calls(module.decoder)
+        start = time.perf_counter()
+        metrics = run_round(*round_args)
+        measured.update(seconds=time.perf_counter() - start, flops=flops[0])
+        return metrics
+    semievol.run_round = timed_round
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, precision=default_precision(), logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                        callbacks=stages)
+    trainer.fit(module, datamodule)
+    gold = datamodule.unlabeled_gold
+    if side == "ours":
+        answers = {record["id"]: record["answer"] for record in datamodule.pseudo_labels}
+        return {**measured, "items": len(answers), "accuracy": accuracy(answers, gold)}
+    pool = datamodule.load_split("unlabeled")
+    module.eval()
+    with torch.no_grad(), trainer.precision_plugin.forward_context():
+        neighbours = propagation.neighbours(trainer, module, datamodule, pool)  # given to the reference for free
+        flops = ModelFlops(module.model.get_base_model()).count_decoder_calls(module.decoder)
+        start = time.perf_counter()
+        reference = reference_round(trainer, module, datamodule, pool, neighbours, args.max_new_tokens, args.seed)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "flops": flops[0], "items": len(pool), "disputed": reference["disputed"],
+            "accuracy": accuracy(reference["answers"], gold)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", required=True, help="folder holding fpb/*.csv")
@@ -67,49 +110,27 @@ def main() -> None:
     parser.add_argument("--adapter", help="a saved adapter to pseudo-label with (default: a fresh, untrained one)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="reference generation length")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["ours", "reference"], help=argparse.SUPPRESS)  # one side, in a subprocess
     args = parser.parse_args()
-    precision = default_precision()
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"cuda={torch.cuda.is_available()}, precision {precision}; seed {args.seed}; {args.items} FPB items")
-
-    L.seed_everything(args.seed)
-    module = SemiFTModule(model=args.model, adapter=args.adapter, optimizer={"lr": 1e-12})  # the fit step is a no-op
-    datamodule = SemiFTDataModule(task="fpb", root=args.data_root, labeled="fpb/labeled.csv",
-                                  unlabeled="fpb/unlabeled.csv", sizes=SplitSizes(unlabeled=args.items), batch_size=8,
-                                  eval_batch_size=16, seed=args.seed)
-    views = [View(k=3), View(k=3, neighbour_offset=3), View(k=0), View(adapter="base", k=3)]
-    propagation = InContextPropagation(k=6)
-    stages = [propagation, CollaborativeVoting(views=views), EntropySelection(keep_fraction=0.5)]
-    timings = {}
-    run_round = semievol.run_round
-
-    def timed_round(*round_args):
-        start = time.perf_counter()
-        metrics = run_round(*round_args)
-        timings["ours"] = time.perf_counter() - start
-        return metrics
-    semievol.run_round = timed_round
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, precision=precision, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-                        callbacks=stages)
-    trainer.fit(module, datamodule)
-    ours = {record["id"]: record["answer"] for record in datamodule.pseudo_labels}
-    gold = datamodule.unlabeled_gold
-    pool = datamodule.load_split("unlabeled")
-
-    module.eval()
-    with torch.no_grad(), trainer.precision_plugin.forward_context():
-        neighbours = propagation.neighbours(trainer, module, datamodule, pool)
-        start = time.perf_counter()
-        reference = reference_round(trainer, module, datamodule, pool, neighbours, args.max_new_tokens, args.seed)
-        timings["reference"] = time.perf_counter() - start
-
-    rate = {key: len(pool) / seconds for key, seconds in timings.items()}
-    print(f"ours:      {timings['ours']:8.1f} s, {rate['ours']:6.2f} items/s, pseudo-label accuracy "
-          f"{accuracy(ours, gold):.3f}  (ICP + 4 option-scoring views + self-justification)")
-    print(f"reference: {timings['reference']:8.1f} s, {rate['reference']:6.2f} items/s, pseudo-label accuracy "
-          f"{accuracy(reference['answers'], gold):.3f}  ({N_SAMPLES} samples at T=1.0, "
-          f"{reference['disputed']} reflections, max {args.max_new_tokens} new tokens)")
+    if args.only:
+        print("RESULT " + json.dumps({**run_side(args, args.only), "peak_rss_mib": peak_rss_mib()}), flush=True)
+        return
+    print(f"machine: {machine()}; seed {args.seed}; {args.items} FPB unlabeled items")
+    peaks = gemm_peaks()
+    print("GEMM peaks: " + ", ".join(f"{name} {value:.3f} TFLOP/s" for name, value in peaks.items()))
+    results = {side: run_in_subprocess(__file__, side) for side in ("ours", "reference")}
+    described = {"ours": "ICP k=6 + 4 option-scoring views + self-justification",
+                 "reference": f"{N_SAMPLES} samples at T=1.0 with 3 demonstrations, "
+                              f"{results['reference']['disputed']} reflections, max {args.max_new_tokens} new tokens"}
+    print("| approach | items | seconds | items/s | pseudo-label accuracy | achieved TFLOP/s | share of best GEMM "
+          "peak | peak RSS MiB | what it runs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    peak = max(peaks.values())
+    for side, r in results.items():
+        tflops = r["flops"] / r["seconds"] / 1e12
+        print(f"| {side} | {r['items']} | {r['seconds']:.1f} | {r['items'] / r['seconds']:.3f} | {r['accuracy']:.3f} | "
+              f"{tflops:.4f} | {tflops / peak:.1%} | {r['peak_rss_mib']:.0f} | {described[side]} |")
+    rate = {side: r["items"] / r["seconds"] for side, r in results.items()}
     print(f"speed ratio (ours / reference): {rate['ours'] / rate['reference']:.1f}x")
 
 

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from measure import ModelFlops, gemm_peaks, machine, peak_rss_mib
+from measure import ModelFlops, gemm_peaks, machine, peak_rss_mib, run_in_subprocess
 from semift_lightning import SemiFTDataModule, SemiFTModule
 from semift_lightning.cli import default_precision
 from semift_lightning.model import SMOLLM2_135M_INSTRUCT
@@ -125,11 +123,7 @@ def main() -> None:
           f"{args.epochs} epoch(s)")
     peaks = gemm_peaks()
     print("GEMM peaks: " + ", ".join(f"{name} {value:.3f} TFLOP/s" for name, value in peaks.items()))
-    results = {}
-    for side in ("ours", "plain"):
-        output = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--only", side], check=True,
-                                capture_output=True, text=True).stdout
-        results[side] = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
+    results = {side: run_in_subprocess(__file__, side) for side in ("ours", "plain")}
     peak = max(peaks.values())
     print("| loop | steps | seconds | tokens/s | achieved TFLOP/s | share of best GEMM peak | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|")

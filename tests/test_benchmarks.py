@@ -26,7 +26,10 @@ def test_training_speed_benchmark_prints_both_loops_and_their_ratio(tiny_model, 
 def test_pseudo_labeling_speed_benchmark_prints_both_rates(tiny_model, fpb_like):
     out = run("speed_pseudo_labeling.py", "--data-root", str(fpb_like), "--model", tiny_model, "--items", "8",
               "--max-new-tokens", "4")
-    assert "ours: " in out and "reference: " in out and "speed ratio (ours / reference): " in out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ours") or line.startswith("| reference")]
+    assert [row[1].strip() for row in rows] == ["ours", "reference"]
+    assert all(int(row[2]) == 8 and 0 <= float(row[5]) <= 1 and float(row[6]) > 0 for row in rows)
+    assert "speed ratio (ours / reference): " in out
 
 
 def test_figures_are_drawn_from_run_files(fpb_like, tmp_path):
