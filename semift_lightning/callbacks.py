@@ -266,7 +266,7 @@ class CollaborativeVoting(SemiEvolStage):
             votes = [view_answers[example.id] for view_answers in answers]
             record = _combine(task, example, votes)
             if record["disputed"] and self.self_justification:
-                disputed[example.id] = [_candidate_text(task, example, vote) for vote in votes if vote["answer"]]
+                disputed[example.id] = _candidates(task, example, votes)
             records.append(record)
         if disputed:
             chosen = _map_pool(trainer, datamodule, "unlabeled", [e for e in pool if e.id in disputed],
@@ -462,6 +462,18 @@ def _combine(task, example: Example, votes: list[dict]) -> dict:
     else:
         uncertainty = sum(v["uncertainty"] for v in best) / len(best)
     return {**record, "answer": best[0]["answer"], "uncertainty": uncertainty}
+
+
+def _candidates(task, example: Example, votes: list[dict]) -> list[str]:
+    """The distinct answers of a dispute as self-justification shows them; closed-form ones in option order, so
+    that no view is favoured by being listed first (a small student tends to pick the first)."""
+    distinct: list[dict] = []
+    for vote in votes:
+        if vote["answer"] and not any(_same(task, vote["answer"], other["answer"], example) for other in distinct):
+            distinct.append(vote)
+    if task.closed_form:
+        distinct.sort(key=lambda vote: LETTERS.index(vote["answer"]))
+    return [_candidate_text(task, example, vote) for vote in distinct]
 
 
 def _candidate_text(task, example: Example, vote: dict) -> str:

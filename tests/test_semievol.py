@@ -151,6 +151,15 @@ def test_per_answer_selection_keeps_each_answers_least_uncertain_fraction():
     assert sorted(r["id"] for r in per_answer if r["selected"]) == ["A0", "A1", "B0", "B1", "B2", "B3", "C0"]
 
 
+def test_self_justification_lists_each_proposed_answer_once_in_option_order():
+    from semift_lightning.callbacks import _candidates
+    from semift_lightning.records import Example
+    from semift_lightning.tasks import get_preset
+    example = Example("1", "Sales fell.", None, ("negative", "neutral", "positive"))
+    votes = [{"answer": "C"}, {"answer": None}, {"answer": "A"}, {"answer": "C"}]
+    assert _candidates(get_preset("fpb").task, example, votes) == ["A. negative", "C. positive"]
+
+
 def test_per_answer_selection_refuses_free_form_tasks(tiny_model, fpb_like, tmp_path):
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [EntropySelection(per_answer=True)],
                                           task="free_text")
