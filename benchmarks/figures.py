@@ -2,12 +2,12 @@
 
     python benchmarks/figures.py --data-root ../shared/data/semievol --out benchmarks/figures \
         --test vanilla=runs/fpb_vanilla/logs/test_predictions.jsonl --test SFT=... --test SemiEvol=... \
-        --round runs/fpb_semievol3/logs/pseudo_labels_round1.jsonl
+        --round SemiEvol-light=runs/fpb_semievol3/logs/pseudo_labels_round1.jsonl --round ...
 
 1. test_uncertainty.png: the normalised entropy of each run's option distribution on the test items (the paper's
    Figure 4 idea: does SemiEvol leave the model more certain?), with each run's accuracy.
-2. pseudo_label_accuracy_by_uncertainty.png: a round's pseudo-labels in ten uncertainty bins (deciles of the pool),
-   the accuracy of each bin against the unlabeled file's gold column (a diagnostic, never used in training).
+2. pseudo_label_accuracy_by_uncertainty.png: each round's pseudo-labels in ten uncertainty bins (deciles of the
+   pool), the accuracy of each bin against the unlabeled file's gold column (a diagnostic, never used in training).
 3. kept_accuracy_vs_theta.png: the accuracy of the pseudo-labels that EntropySelection keeps, against θ, pool-wide
    and per answer option.
 Each figure's numbers are printed too.
@@ -50,56 +50,62 @@ def test_uncertainty(runs: dict[str, list[dict]], out: Path) -> None:
     fig.savefig(out / "test_uncertainty.png", dpi=120)
 
 
-def accuracy_by_uncertainty(records: list[dict], gold: dict, out: Path) -> None:
-    ordered = sorted((r for r in records if r["answer"] is not None), key=lambda r: r["uncertainty"])
-    bins = [ordered[len(ordered) * i // 10:len(ordered) * (i + 1) // 10] for i in range(10)]
-    accuracies = [sum(r["answer"] == gold[r["id"]] for r in part) / len(part) for part in bins]
-    print("pseudo-label accuracy per uncertainty decile (least uncertain first): "
-          + " ".join(f"{a:.3f}" for a in accuracies))
+def accuracy_by_uncertainty(rounds: dict[str, list[dict]], gold: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar([f"{10 * i}-{10 * (i + 1)}" for i in range(10)], accuracies)
-    ax.set(xlabel="uncertainty percentile of the pool", ylabel="pseudo-label accuracy", ylim=(0, 1),
+    for name, records in rounds.items():
+        ordered = sorted((r for r in records if r["answer"] is not None), key=lambda r: r["uncertainty"])
+        bins = [ordered[len(ordered) * i // 10:len(ordered) * (i + 1) // 10] for i in range(10)]
+        accuracies = [sum(r["answer"] == gold[r["id"]] for r in part) / len(part) for part in bins]
+        print(f"{name}: pseudo-label accuracy per uncertainty decile (least uncertain first): "
+              + " ".join(f"{a:.3f}" for a in accuracies))
+        ax.plot([10 * i + 5 for i in range(10)], accuracies, marker="o", label=name)
+    ax.set(xlabel="uncertainty percentile of the pool (bin centre)", ylabel="pseudo-label accuracy", ylim=(0, 1),
            title="Is lower uncertainty more accurate?")
-    ax.tick_params(axis="x", labelsize=7)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(out / "pseudo_label_accuracy_by_uncertainty.png", dpi=120)
 
 
-def kept_accuracy_vs_theta(records: list[dict], gold: dict, out: Path) -> None:
+def kept_accuracy_vs_theta(rounds: dict[str, list[dict]], gold: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for per_answer in (False, True):
-        accuracies = []
-        for theta in THETAS:
-            trial = copy.deepcopy(records)
-            EntropySelection(keep_fraction=theta, per_answer=per_answer).select(trial)
-            kept = [r for r in trial if r["selected"]]
-            accuracies.append(sum(r["answer"] == gold[r["id"]] for r in kept) / len(kept))
-        label = "per answer option" if per_answer else "pool-wide"
-        print(f"kept pseudo-label accuracy, {label}: "
-              + " ".join(f"θ={t}:{a:.3f}" for t, a in zip(THETAS, accuracies)))
-        ax.plot(THETAS, accuracies, marker="o", label=label)
+    for name, records in rounds.items():
+        for per_answer in (False, True):
+            accuracies = []
+            for theta in THETAS:
+                trial = copy.deepcopy(records)
+                EntropySelection(keep_fraction=theta, per_answer=per_answer).select(trial)
+                kept = [r for r in trial if r["selected"]]
+                accuracies.append(sum(r["answer"] == gold[r["id"]] for r in kept) / len(kept))
+            label = f"{name}, {'per answer option' if per_answer else 'pool-wide'}"
+            print(f"kept pseudo-label accuracy, {label}: "
+                  + " ".join(f"θ={t}:{a:.3f}" for t, a in zip(THETAS, accuracies)))
+            ax.plot(THETAS, accuracies, marker="o", linestyle="-" if per_answer else "--", label=label)
     ax.set(xlabel="θ (fraction kept)", ylabel="accuracy of the kept pseudo-labels", title="Selection against θ")
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "kept_accuracy_vs_theta.png", dpi=120)
+
+
+def named_files(items: list[str]) -> dict[str, list[dict]]:
+    return {name: read_jsonl(path) for name, path in (item.split("=", 1) for item in items)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", required=True, help="folder holding fpb/unlabeled.csv (gold for diagnostics)")
     parser.add_argument("--test", action="append", default=[], metavar="NAME=PREDICTIONS_JSONL")
-    parser.add_argument("--round", required=True, help="a pseudo_labels_round<N>.jsonl")
+    parser.add_argument("--round", action="append", required=True, metavar="NAME=PSEUDO_LABELS_ROUND_JSONL")
     parser.add_argument("--out", default="benchmarks/figures")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    test_uncertainty({name: read_jsonl(path) for name, path in (item.split("=", 1) for item in args.test)}, out)
+    test_uncertainty(named_files(args.test), out)
     datamodule = SemiFTDataModule(task="fpb", root=args.data_root, labeled="fpb/labeled.csv",
                                   unlabeled="fpb/unlabeled.csv")
     datamodule.load_split("unlabeled")
-    records = read_jsonl(args.round)
-    accuracy_by_uncertainty(records, datamodule.unlabeled_gold, out)
-    kept_accuracy_vs_theta(records, datamodule.unlabeled_gold, out)
+    rounds = named_files(args.round)
+    accuracy_by_uncertainty(rounds, datamodule.unlabeled_gold, out)
+    kept_accuracy_vs_theta(rounds, datamodule.unlabeled_gold, out)
     print(f"figures in {out}")
 
 

@@ -39,7 +39,7 @@ def test_figures_are_drawn_from_run_files(fpb_like, tmp_path):
     pseudo = tmp_path / "pseudo_labels_round1.jsonl"
     pseudo.write_text("".join(json.dumps({"id": str(i + 1), "answer": "ABC"[i % 3], "uncertainty": i / 30,
                                           "unanimous": True, "selected": False}) + "\n" for i in range(30)))
-    out = run("figures.py", "--data-root", str(fpb_like), "--test", f"SFT={predictions}", "--round", str(pseudo),
+    out = run("figures.py", "--data-root", str(fpb_like), "--test", f"SFT={predictions}", "--round", f"round1={pseudo}",
               "--out", str(tmp_path / "figures"))
     assert "SFT: test accuracy 0.5000" in out
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
