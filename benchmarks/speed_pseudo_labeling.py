@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from collections import Counter
 
@@ -62,8 +63,9 @@ def accuracy(answers: dict, gold: dict) -> float:
     return sum(answers.get(key) == value for key, value in gold.items()) / len(gold)
 
 
-def run_side(args, side: str) -> dict:
-    """One side in this process: the same seeded pool, weights and (for the reference) neighbours as the other."""
+def run_side(args, side: str, scratch: str) -> dict:
+    """One side in this process: the same seeded pool, weights and (for the reference) neighbours as the other.
+    The round's JSONL goes to ``scratch``."""
     L.seed_everything(args.seed)
     module = SemiFTModule(model=args.model, adapter=args.adapter, optimizer={"lr": 1e-12})  # the fit step is a no-op
     datamodule = SemiFTDataModule(task="fpb", root=args.data_root, labeled="fpb/labeled.csv",
@@ -83,7 +85,7 @@ def run_side(args, side: str) -> dict:
         return metrics
     semievol.run_round = timed_round
     trainer = L.Trainer(max_epochs=1, limit_train_batches=1, precision=default_precision(), logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                        default_root_dir=scratch, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
                         callbacks=stages)
     trainer.fit(module, datamodule)
     gold = datamodule.unlabeled_gold
@@ -113,7 +115,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["ours", "reference"], help=argparse.SUPPRESS)  # one side, in a subprocess
     args = parser.parse_args()
     if args.only:
-        print("RESULT " + json.dumps({**run_side(args, args.only), "peak_rss_mib": peak_rss_mib()}), flush=True)
+        with tempfile.TemporaryDirectory() as scratch:
+            result = run_side(args, args.only, scratch)
+        print("RESULT " + json.dumps({**result, "peak_rss_mib": peak_rss_mib()}), flush=True)
         return
     print(f"machine: {machine()}; seed {args.seed}; {args.items} FPB unlabeled items")
     peaks = gemm_peaks()

@@ -8,24 +8,29 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def run(script: str, *args: str) -> str:
+def run(script: str, *args: str, cwd: Path) -> str:
+    """The script's stdout; it must succeed and leave nothing in its working folder."""
     result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
-                            timeout=600)
+                            timeout=600, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not list(cwd.iterdir()), f"{script} left files in its working folder: {list(cwd.iterdir())}"
     return result.stdout
 
 
-def test_training_speed_benchmark_prints_both_loops_and_their_ratio(tiny_model, fpb_like):
-    out = run("speed_training.py", "--data-root", str(fpb_like), "--model", tiny_model, "--batch-size", "4")
+def test_training_speed_benchmark_prints_both_loops_and_their_ratio(tiny_model, fpb_like, tmp_path):
+    (tmp_path / "cwd").mkdir()
+    out = run("speed_training.py", "--data-root", str(fpb_like), "--model", tiny_model, "--batch-size", "4",
+              cwd=tmp_path / "cwd")
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| ours") or line.startswith("| plain")]
     assert [row[1].strip() for row in rows] == ["ours", "plain"]
     assert all(int(row[2]) == 6 and float(row[4]) > 0 and float(row[7]) > 0 for row in rows)  # 24 items / 4
     assert "speed ratio (ours / plain, tokens per second): " in out and "GEMM peaks: " in out
 
 
-def test_pseudo_labeling_speed_benchmark_prints_both_rates(tiny_model, fpb_like):
+def test_pseudo_labeling_speed_benchmark_prints_both_rates(tiny_model, fpb_like, tmp_path):
+    (tmp_path / "cwd").mkdir()
     out = run("speed_pseudo_labeling.py", "--data-root", str(fpb_like), "--model", tiny_model, "--items", "8",
-              "--max-new-tokens", "4")
+              "--max-new-tokens", "4", cwd=tmp_path / "cwd")
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| ours") or line.startswith("| reference")]
     assert [row[1].strip() for row in rows] == ["ours", "reference"]
     assert all(int(row[2]) == 8 and 0 <= float(row[5]) <= 1 and float(row[6]) > 0 for row in rows)
@@ -39,8 +44,9 @@ def test_figures_are_drawn_from_run_files(fpb_like, tmp_path):
     pseudo = tmp_path / "pseudo_labels_round1.jsonl"
     pseudo.write_text("".join(json.dumps({"id": str(i + 1), "answer": "ABC"[i % 3], "uncertainty": i / 30,
                                           "unanimous": True, "selected": False}) + "\n" for i in range(30)))
+    (tmp_path / "cwd").mkdir()
     out = run("figures.py", "--data-root", str(fpb_like), "--test", f"SFT={predictions}", "--round", f"round1={pseudo}",
-              "--out", str(tmp_path / "figures"))
+              "--out", str(tmp_path / "figures"), cwd=tmp_path / "cwd")
     assert "SFT: test accuracy 0.5000" in out
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
         "kept_accuracy_vs_theta.png", "pseudo_label_accuracy_by_uncertainty.png", "test_uncertainty.png"]
