@@ -445,13 +445,21 @@ def _same(task, a: Optional[str], b: Optional[str], example: Example) -> bool:
     return a == b or task.is_correct(a, Example(example.id, example.question, b, example.options))
 
 
+def _group_votes(task, example: Example, votes: list[dict]) -> list[list[dict]]:
+    """The answered votes grouped by the answer they give, groups in order of first appearance."""
+    groups: list[list[dict]] = []
+    for vote in votes:
+        if vote["answer"] is None:
+            continue
+        group = next((g for g in groups if _same(task, g[0]["answer"], vote["answer"], example)), None)
+        group.append(vote) if group else groups.append([vote])
+    return groups
+
+
 def _combine(task, example: Example, votes: list[dict]) -> dict:
     """One record from the views' votes: agreed answer with mean uncertainty, or a dispute."""
     answered = [v for v in votes if v["answer"] is not None]
-    groups: list[list[dict]] = []
-    for vote in answered:
-        group = next((g for g in groups if _same(task, g[0]["answer"], vote["answer"], example)), None)
-        group.append(vote) if group else groups.append([vote])
+    groups = _group_votes(task, example, votes)
     record = {"id": example.id, "view_answers": [v["answer"] for v in votes], "justified": False,
               "unanimous": len(groups) == 1 and len(answered) == len(votes), "disputed": len(groups) > 1}
     if not groups:
@@ -467,10 +475,7 @@ def _combine(task, example: Example, votes: list[dict]) -> dict:
 def _candidates(task, example: Example, votes: list[dict]) -> list[str]:
     """The distinct answers of a dispute as self-justification shows them; closed-form ones in option order, so
     that no view is favoured by being listed first (a small student tends to pick the first)."""
-    distinct: list[dict] = []
-    for vote in votes:
-        if vote["answer"] and not any(_same(task, vote["answer"], other["answer"], example) for other in distinct):
-            distinct.append(vote)
+    distinct = [group[0] for group in _group_votes(task, example, votes)]
     if task.closed_form:
         distinct.sort(key=lambda vote: LETTERS.index(vote["answer"]))
     return [_candidate_text(task, example, vote) for vote in distinct]
