@@ -97,3 +97,15 @@ def run_in_subprocess(script: str, side: str) -> dict:
     output = subprocess.run([sys.executable, script, *sys.argv[1:], "--only", side], check=True,
                             stdout=subprocess.PIPE, text=True).stdout
     return json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+
+
+def run_sides(script: str, sides: tuple[str, ...]) -> dict[str, dict]:
+    """Print the GEMM peaks, then run each side of ``script`` in its own subprocess, one after the other. Each
+    result gains its achieved TFLOP/s (``tflops``) and that as a share of the best peak (``peak_share``)."""
+    peaks = gemm_peaks()
+    print("GEMM peaks: " + ", ".join(f"{name} {value:.3f} TFLOP/s" for name, value in peaks.items()))
+    results = {side: run_in_subprocess(script, side) for side in sides}
+    for result in results.values():
+        result["tflops"] = result["flops"] / result["seconds"] / 1e12
+        result["peak_share"] = result["tflops"] / max(peaks.values())
+    return results
