@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
 
@@ -36,54 +38,60 @@ def read_jsonl(path: str) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def test_uncertainty(runs: dict[str, list[dict]], out: Path) -> None:
+@contextmanager
+def saved_figure(path: Path, legend_size: Optional[int] = None, **axes):
+    """Axes to draw on; on exit they get ``axes`` (labels, title, limits) and a legend, and the figure is saved."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, records in runs.items():
-        values = [normalized_entropy(torch.tensor(r["option_probs"])) for r in records]
-        accuracy = sum(bool(r["correct"]) for r in records) / len(records)
-        print(f"{name}: test accuracy {accuracy:.4f}, mean normalised entropy {sum(values) / len(values):.3f}")
-        ax.hist(values, bins=20, range=(0, 1), histtype="step", linewidth=1.5, label=f"{name} ({accuracy:.1%})")
-    ax.set(xlabel="normalised entropy of the option distribution", ylabel="test items",
-           title="Uncertainty on the test set")
-    ax.legend()
+    yield ax
+    ax.set(**axes)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
-    fig.savefig(out / "test_uncertainty.png", dpi=120)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def accuracy(records: list[dict], gold: dict) -> float:
+    """The share of ``records`` whose answer is the gold one (a diagnostic)."""
+    return sum(r["answer"] == gold[r["id"]] for r in records) / len(records)
+
+
+def test_uncertainty(runs: dict[str, list[dict]], out: Path) -> None:
+    with saved_figure(out / "test_uncertainty.png", xlabel="normalised entropy of the option distribution",
+                      ylabel="test items", title="Uncertainty on the test set") as ax:
+        for name, records in runs.items():
+            values = [normalized_entropy(torch.tensor(r["option_probs"])) for r in records]
+            correct = sum(bool(r["correct"]) for r in records) / len(records)
+            print(f"{name}: test accuracy {correct:.4f}, mean normalised entropy {sum(values) / len(values):.3f}")
+            ax.hist(values, bins=20, range=(0, 1), histtype="step", linewidth=1.5, label=f"{name} ({correct:.1%})")
 
 
 def accuracy_by_uncertainty(rounds: dict[str, list[dict]], gold: dict, out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, records in rounds.items():
-        ordered = sorted((r for r in records if r["answer"] is not None), key=lambda r: r["uncertainty"])
-        bins = [ordered[len(ordered) * i // 10:len(ordered) * (i + 1) // 10] for i in range(10)]
-        accuracies = [sum(r["answer"] == gold[r["id"]] for r in part) / len(part) for part in bins]
-        print(f"{name}: pseudo-label accuracy per uncertainty decile (least uncertain first): "
-              + " ".join(f"{a:.3f}" for a in accuracies))
-        ax.plot([10 * i + 5 for i in range(10)], accuracies, marker="o", label=name)
-    ax.set(xlabel="uncertainty percentile of the pool (bin centre)", ylabel="pseudo-label accuracy", ylim=(0, 1),
-           title="Is lower uncertainty more accurate?")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "pseudo_label_accuracy_by_uncertainty.png", dpi=120)
+    with saved_figure(out / "pseudo_label_accuracy_by_uncertainty.png", ylim=(0, 1),
+                      xlabel="uncertainty percentile of the pool (bin centre)", ylabel="pseudo-label accuracy",
+                      title="Is lower uncertainty more accurate?") as ax:
+        for name, records in rounds.items():
+            ordered = sorted((r for r in records if r["answer"] is not None), key=lambda r: r["uncertainty"])
+            bins = [ordered[len(ordered) * i // 10:len(ordered) * (i + 1) // 10] for i in range(10)]
+            accuracies = [accuracy(part, gold) for part in bins]
+            print(f"{name}: pseudo-label accuracy per uncertainty decile (least uncertain first): "
+                  + " ".join(f"{a:.3f}" for a in accuracies))
+            ax.plot([10 * i + 5 for i in range(10)], accuracies, marker="o", label=name)
 
 
 def kept_accuracy_vs_theta(rounds: dict[str, list[dict]], gold: dict, out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, records in rounds.items():
-        for per_answer in (False, True):
-            accuracies = []
-            for theta in THETAS:
-                trial = copy.deepcopy(records)
-                EntropySelection(keep_fraction=theta, per_answer=per_answer).select(trial)
-                kept = [r for r in trial if r["selected"]]
-                accuracies.append(sum(r["answer"] == gold[r["id"]] for r in kept) / len(kept))
-            label = f"{name}, {'per answer option' if per_answer else 'pool-wide'}"
-            print(f"kept pseudo-label accuracy, {label}: "
-                  + " ".join(f"θ={t}:{a:.3f}" for t, a in zip(THETAS, accuracies)))
-            ax.plot(THETAS, accuracies, marker="o", linestyle="-" if per_answer else "--", label=label)
-    ax.set(xlabel="θ (fraction kept)", ylabel="accuracy of the kept pseudo-labels", title="Selection against θ")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "kept_accuracy_vs_theta.png", dpi=120)
+    with saved_figure(out / "kept_accuracy_vs_theta.png", legend_size=7, xlabel="θ (fraction kept)",
+                      ylabel="accuracy of the kept pseudo-labels", title="Selection against θ") as ax:
+        for name, records in rounds.items():
+            for per_answer in (False, True):
+                accuracies = []
+                for theta in THETAS:
+                    trial = copy.deepcopy(records)
+                    EntropySelection(keep_fraction=theta, per_answer=per_answer).select(trial)
+                    accuracies.append(accuracy([r for r in trial if r["selected"]], gold))
+                label = f"{name}, {'per answer option' if per_answer else 'pool-wide'}"
+                print(f"kept pseudo-label accuracy, {label}: "
+                      + " ".join(f"θ={t}:{a:.3f}" for t, a in zip(THETAS, accuracies)))
+                ax.plot(THETAS, accuracies, marker="o", linestyle="-" if per_answer else "--", label=label)
 
 
 def named_files(items: list[str]) -> dict[str, list[dict]]:
