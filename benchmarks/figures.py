@@ -50,6 +50,13 @@ def saved_figure(path: Path, legend_size: Optional[int] = None, **axes):
     plt.close(fig)
 
 
+def fpb_unlabeled_gold(data_root: str) -> dict:
+    """Gold answers of FPB's unlabeled file by item id: for diagnostics only."""
+    datamodule = SemiFTDataModule(task="fpb", root=data_root, unlabeled="fpb/unlabeled.csv")
+    datamodule.load_split("unlabeled")
+    return datamodule.unlabeled_gold
+
+
 def accuracy(records: list[dict], gold: dict) -> float:
     """The share of ``records`` whose answer is the gold one (a diagnostic)."""
     return sum(r["answer"] == gold[r["id"]] for r in records) / len(records)
@@ -108,12 +115,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     test_uncertainty(named_files(args.test), out)
-    datamodule = SemiFTDataModule(task="fpb", root=args.data_root, labeled="fpb/labeled.csv",
-                                  unlabeled="fpb/unlabeled.csv")
-    datamodule.load_split("unlabeled")
+    gold = fpb_unlabeled_gold(args.data_root)
     rounds = named_files(args.round)
-    accuracy_by_uncertainty(rounds, datamodule.unlabeled_gold, out)
-    kept_accuracy_vs_theta(rounds, datamodule.unlabeled_gold, out)
+    accuracy_by_uncertainty(rounds, gold, out)
+    kept_accuracy_vs_theta(rounds, gold, out)
     print(f"figures in {out}")
 
 

@@ -49,7 +49,7 @@ def reference_round(trainer, module, datamodule, pool, neighbours, max_new_token
             counted = Counter(vote for vote in votes if vote is not None)
             answers[example.id] = counted.most_common(1)[0][0] if counted else None
             if len(counted) > 1:
-                disputed[example.id] = [semievol._candidate_text(task, example, {"answer": vote}) for vote in counted]
+                disputed[example.id] = [task.proposed_answer(example, vote) for vote in counted]
     if disputed:
         items = [example for example in pool if example.id in disputed]
         for batch in datamodule.pool_loader("unlabeled", items, candidates=disputed):

@@ -478,13 +478,7 @@ def _candidates(task, example: Example, votes: list[dict]) -> list[str]:
     distinct = [group[0] for group in _group_votes(task, example, votes)]
     if task.closed_form:
         distinct.sort(key=lambda vote: LETTERS.index(vote["answer"]))
-    return [_candidate_text(task, example, vote) for vote in distinct]
-
-
-def _candidate_text(task, example: Example, vote: dict) -> str:
-    if task.closed_form:
-        return f"{vote['answer']}. {example.options[LETTERS.index(vote['answer'])]}"
-    return f"{vote['answer']} (reasoning: {vote['text'].strip()})"
+    return [task.proposed_answer(example, vote["answer"], vote.get("text")) for vote in distinct]
 
 
 def _round_metrics(records, gold, task, threshold, index) -> dict:

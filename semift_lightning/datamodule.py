@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from semift_lightning.parsing import LETTERS
 from semift_lightning.prompts import PromptBuilder
 from semift_lightning.records import (DataError, Example, check_fractions, read_rows, same_items, split_examples,
                                       subsample, to_examples)
@@ -121,6 +122,12 @@ class SemiFTDataModule(L.LightningDataModule):
             uncertain first); unset means all selected items.
         test_overlap: what to do with labeled or unlabeled items whose question and options equal a test item's
             (test leakage): error (default), drop (remove them from training data, listing each), or allow.
+        view_prompt_fraction: fraction of training items shown in the prompt forms of a pseudo-labeling round
+            instead of the plain prompt, so that the student is trained on the prompts its views read: half of them
+            with ``view_prompt_demonstrations`` other labeled items as demonstrations, and (closed-form tasks) half
+            with proposed answers as self-justification lists them (the gold one and another option, in option
+            order). Drawn with the seed and the epoch each time the train dataloader is built.
+        view_prompt_demonstrations: demonstrations in the demonstration form of ``view_prompt_fraction``.
     """
 
     def __init__(self, task: str = "multiple_choice", root: Optional[str] = None, labeled: Optional[str] = None,
@@ -129,7 +136,8 @@ class SemiFTDataModule(L.LightningDataModule):
                  columns: Optional[Columns] = None, sizes: SplitSizes = SplitSizes(), batch_size: int = 8,
                  eval_batch_size: int = 16, max_length: int = 1024, num_workers: int = 0, seed: int = 0,
                  system_prompt: Optional[str] = None, cache_dir: Optional[str] = None, pseudo_weight: float = 1.0,
-                 max_pseudo_ratio: Optional[float] = None, test_overlap: str = "error") -> None:
+                 max_pseudo_ratio: Optional[float] = None, test_overlap: str = "error",
+                 view_prompt_fraction: float = 0.0, view_prompt_demonstrations: int = 2) -> None:
         super().__init__()
         problems = self.argument_problems(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         if problems:
@@ -152,6 +160,8 @@ class SemiFTDataModule(L.LightningDataModule):
         self.pseudo_weight = pseudo_weight
         self.max_pseudo_ratio = max_pseudo_ratio
         self.test_overlap = test_overlap
+        self.view_prompt_fraction = view_prompt_fraction
+        self.view_prompt_demonstrations = view_prompt_demonstrations
         self.prompts: Optional[PromptBuilder] = None
         self.examples: dict[str, list[Example]] = {}
         self.split_names: dict[str, str] = {}
@@ -166,7 +176,8 @@ class SemiFTDataModule(L.LightningDataModule):
                           source: Optional[str] = None, split_fractions: Sequence[float] = (0.2, 0.6, 0.2),
                           sizes: Any = None, batch_size: int = 8, eval_batch_size: int = 8, max_length: int = 1024,
                           num_workers: int = 0, pseudo_weight: float = 1.0, max_pseudo_ratio: Optional[float] = None,
-                          test_overlap: str = "error", **_: Any) -> list[str]:
+                          test_overlap: str = "error", view_prompt_fraction: float = 0.0,
+                          view_prompt_demonstrations: int = 2, **_: Any) -> list[str]:
         """Every problem with the arguments, each naming its argument; empty when all are fine."""
         problems = []
         try:
@@ -188,6 +199,10 @@ class SemiFTDataModule(L.LightningDataModule):
             problems.append(f"data.pseudo_weight: must be positive, got {pseudo_weight}")
         if max_pseudo_ratio is not None and not max_pseudo_ratio > 0:
             problems.append(f"data.max_pseudo_ratio: must be positive or unset, got {max_pseudo_ratio}")
+        if not 0 <= view_prompt_fraction <= 1:
+            problems.append(f"data.view_prompt_fraction: must be in [0, 1], got {view_prompt_fraction}")
+        if view_prompt_demonstrations < 1:
+            problems.append(f"data.view_prompt_demonstrations: must be at least 1, got {view_prompt_demonstrations}")
         if test_overlap not in OVERLAP_POLICIES:
             problems.append(f"data.test_overlap: must be one of {', '.join(OVERLAP_POLICIES)}, got {test_overlap!r}")
         for split in SPLITS:
@@ -293,8 +308,30 @@ class SemiFTDataModule(L.LightningDataModule):
         the epoch after the one it ended, also when a fit resumes from a checkpoint saved inside that epoch."""
         joined = self.trainer is None or self.trainer.current_epoch > self.pseudo_epoch
         pseudo = self.pseudo_examples() if joined else []
-        return (self.encode("labeled", self._require("labeled"), with_target=True)
-                + self.encode("pseudo", pseudo, with_target=True, weights=[self.pseudo_weight] * len(pseudo)))
+        labeled = self._require("labeled")
+        return (self.encode("labeled", labeled, with_target=True, **self.view_prompts("labeled", labeled))
+                + self.encode("pseudo", pseudo, with_target=True, weights=[self.pseudo_weight] * len(pseudo),
+                              **self.view_prompts("pseudo", pseudo)))
+
+    def view_prompts(self, split: str, examples: Sequence[Example]) -> dict[str, dict]:
+        """Demonstrations and proposed answers for a ``view_prompt_fraction`` of ``examples`` (see the class
+        docstring), as ``encode`` takes them; the same on every rank for the same seed, epoch and split."""
+        labeled = self.load_split("labeled")
+        epoch = self.trainer.current_epoch if self.trainer else 0
+        rng = random.Random(f"{self.seed}/{epoch}/{split}")
+        chosen = rng.sample(list(examples), round(self.view_prompt_fraction * len(examples)))
+        with_candidates = chosen[len(chosen) // 2:] if self.task.closed_form else []
+        demonstrations = {}
+        for example in chosen[:len(chosen) - len(with_candidates)]:
+            others = [other for other in rng.sample(labeled, min(len(labeled), self.view_prompt_demonstrations + 1))
+                      if other.id != example.id]
+            demonstrations[example.id] = others[:self.view_prompt_demonstrations]
+        candidates = {}
+        for example in with_candidates:
+            other = rng.choice([letter for letter in LETTERS[:len(example.options)] if letter != example.answer])
+            candidates[example.id] = [self.task.proposed_answer(example, answer)
+                                      for answer in sorted((example.answer, other), key=LETTERS.index)]
+        return {"demonstrations": demonstrations, "candidates": candidates}
 
     # ----- pseudo-labels ---------------------------------------------------------------------------------------------
     def pseudo_examples(self) -> list[Example]:

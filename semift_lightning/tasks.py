@@ -37,6 +37,10 @@ class Task:
     def target_text(self, example: "Example") -> str:
         return str(example.answer)
 
+    def proposed_answer(self, example: "Example", answer: str, reasoning: Optional[str] = None) -> str:
+        """One answer as self-justification lists it among the disagreeing views' answers."""
+        return f"{answer} (reasoning: {reasoning.strip()})" if reasoning else answer
+
     def canonical_answer(self, raw: str, options: Optional[Sequence[str]]) -> str:
         """The gold answer as the task stores it; raises ValueError when ``raw`` is not a valid answer."""
         if not str(raw).strip():
@@ -80,6 +84,9 @@ class MultipleChoiceTask(Task):
         numbers = f", an option number (1-{len(options)})" if self.numbered_keys else ""
         raise ValueError(f"{text!r} is neither an option letter ({LETTERS[0]}-{LETTERS[len(options) - 1]}){numbers} "
                          f"nor the text of one option")
+
+    def proposed_answer(self, example: "Example", answer: str, reasoning: Optional[str] = None) -> str:
+        return f"{answer}. {example.options[LETTERS.index(answer)]}"
 
     def parse(self, text: str, example: "Example") -> Optional[str]:
         index = parse_choice(text, example.options)

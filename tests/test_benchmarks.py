@@ -50,3 +50,21 @@ def test_figures_are_drawn_from_run_files(fpb_like, tmp_path):
     assert "SFT: test accuracy 0.5000" in out
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
         "kept_accuracy_vs_theta.png", "pseudo_label_accuracy_by_uncertainty.png", "test_uncertainty.png"]
+
+
+def test_round_report_scores_each_view_the_disputes_and_the_selection(fpb_like, tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    from figures import fpb_unlabeled_gold
+    gold = fpb_unlabeled_gold(str(fpb_like))
+    wrong = {answer: "ABC"[("ABC".index(answer) + 1) % 3] for answer in "ABC"}
+    records = [{"id": key, "view_answers": [answer, wrong[answer] if i < 10 else answer], "unanimous": i >= 10,
+                "disputed": i < 10, "justified": i < 10, "answer": answer if i % 2 else wrong[answer],
+                "selected": i >= 20} for i, (key, answer) in enumerate(sorted(gold.items()))]
+    pseudo = tmp_path / "pseudo_labels_round1.jsonl"
+    pseudo.write_text("".join(json.dumps(record) + "\n" for record in records))
+    (tmp_path / "cwd").mkdir()
+    out = run("round_report.py", "--data-root", str(fpb_like), str(pseudo), cwd=tmp_path / "cwd")
+    assert "pool: 30 items, pseudo-label accuracy 50.0%, all views agree on 66.7%" in out
+    assert "view 1: accuracy 100.0%" in out and "view 2: accuracy 66.7%" in out
+    assert "disputed: 10 items; right on them: view 1 100.0%, view 2 0.0%; final answer (self-justification) 50.0%" in out
+    assert "selected: 10 (33.3%), accuracy 50.0%" in out

@@ -160,6 +160,44 @@ def test_self_justification_lists_each_proposed_answer_once_in_option_order():
     assert _candidates(get_preset("fpb").task, example, votes) == ["A. negative", "C. positive"]
 
 
+class TrainingPrompts(L.Callback):
+    """Records the decoded training prompts of each epoch."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        decode = pl_module.tokenizer.decode
+        self.epochs.append([decode(item["input_ids"]) for item in trainer.train_dataloader.dataset])
+
+
+def test_view_prompt_fraction_trains_on_demonstration_and_proposed_answer_prompts(tiny_model, fpb_like, tmp_path):
+    prompts = TrainingPrompts()
+    module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, [*full_recipe(), prompts],
+                                              view_prompt_fraction=0.5)
+    trainer.fit(module, datamodule)
+    for epoch, texts in enumerate(prompts.epochs):
+        with_demonstrations = [t for t in texts if t.count("Options:") == 3]  # two demonstrations + the question
+        with_candidates = [t for t in texts if "Proposed answers" in t]
+        assert len(with_demonstrations) + len(with_candidates) == round(0.5 * 24) + round(0.5 * (sizes.sizes[epoch] - 24))
+        assert abs(len(with_demonstrations) - len(with_candidates)) <= 2
+        assert not set(with_demonstrations) & set(with_candidates)
+    assert prompts.epochs[0] != prompts.epochs[1][:24]  # drawn again when the train dataloader is rebuilt
+
+    labeled = datamodule.load_split("labeled")
+    forms = datamodule.view_prompts("labeled", labeled)
+    assert forms == datamodule.view_prompts("labeled", labeled)  # the same on every rank
+    for example in labeled:
+        demonstrations = forms["demonstrations"].get(example.id, [])
+        assert example.id not in {demo.id for demo in demonstrations} and len(demonstrations) in (0, 2)
+        if example.id in forms["candidates"]:
+            shown = forms["candidates"][example.id]
+            assert len(shown) == 2 and shown == sorted(shown) and f"{example.answer}. " in "".join(shown)
+    with pytest.raises(ValueError, match=r"view_prompt_fraction: must be in \[0, 1\], got 1.5(.|\n)*"
+                                         r"view_prompt_demonstrations: must be at least 1, got 0"):
+        SemiFTDataModule(task="fpb", view_prompt_fraction=1.5, view_prompt_demonstrations=0)
+
+
 def test_per_answer_selection_refuses_free_form_tasks(tiny_model, fpb_like, tmp_path):
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [EntropySelection(per_answer=True)],
                                           task="free_text")

@@ -1,0 +1,56 @@
+"""What a pseudo-labeling round did, against the gold column of FPB's unlabeled file (a diagnostic only).
+
+    python benchmarks/round_report.py --data-root ../shared/data/semievol runs/NAME/logs/pseudo_labels_round1.jsonl
+
+Prints the pool's pseudo-label accuracy, each view's accuracy and answer mix, how the disputed items were
+resolved (each view's and the final answer's accuracy on them), and the selection's size, accuracy and answer mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+from figures import accuracy, fpb_unlabeled_gold, read_jsonl
+
+
+def percent(part: float) -> str:
+    return f"{100 * part:.1f}%"
+
+
+def report(records: list[dict], gold: dict) -> list[str]:
+    views = len(records[0]["view_answers"])
+    lines = [f"pool: {len(records)} items, pseudo-label accuracy {percent(accuracy(records, gold))}, all views agree "
+             f"on {percent(sum(r['unanimous'] for r in records) / len(records))}",
+             f"gold mix: {dict(sorted(Counter(gold[r['id']] for r in records).items()))}"]
+    for i in range(views):
+        answers = [{"id": r["id"], "answer": r["view_answers"][i]} for r in records]
+        lines.append(f"view {i + 1}: accuracy {percent(accuracy(answers, gold))}, answers "
+                     f"{dict(sorted(Counter(str(a['answer']) for a in answers).items()))}")
+    disputed = [r for r in records if r["disputed"]]
+    if disputed:
+        on_disputes = ", ".join(f"view {i + 1} {percent(accuracy([{'id': r['id'], 'answer': r['view_answers'][i]} for r in disputed], gold))}"
+                                for i in range(views))
+        how = "self-justification" if any(r["justified"] for r in disputed) else "majority"
+        lines.append(f"disputed: {len(disputed)} items; right on them: {on_disputes}; final answer ({how}) "
+                     f"{percent(accuracy(disputed, gold))}")
+    selected = [r for r in records if r["selected"]]
+    if selected:
+        lines.append(f"selected: {len(selected)} ({percent(len(selected) / len(records))}), accuracy "
+                     f"{percent(accuracy(selected, gold))}, answers {dict(sorted(Counter(r['answer'] for r in selected).items()))}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", required=True, help="folder holding fpb/unlabeled.csv")
+    parser.add_argument("rounds", nargs="+", metavar="PSEUDO_LABELS_ROUND_JSONL")
+    args = parser.parse_args()
+    gold = fpb_unlabeled_gold(args.data_root)
+    for path in args.rounds:
+        print(f"== {path}")
+        print("\n".join(report(read_jsonl(path), gold)))
+
+
+if __name__ == "__main__":
+    main()
