@@ -54,6 +54,8 @@ class SemiFTCLI(LightningCLI):
     def before_test(self) -> None:
         check_outputs(self.trainer, fitting=False)
 
+    before_predict = before_test
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         problems = SemiFTModule.argument_problems(**vars(config.model)) + \

@@ -260,6 +260,8 @@ class SemiFTModule(L.LightningModule):
     def on_test_start(self) -> None:
         check_outputs(self.trainer, fitting=False)
 
+    on_predict_start = on_test_start
+
     # ----- evaluation --------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -296,12 +298,14 @@ class SemiFTModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        return self.predict_batch(batch)
+        records = self.predict_batch(batch)
+        self.eval_records += records
+        return records
 
     def on_validation_epoch_start(self) -> None:
         self.eval_records = []
 
-    on_test_epoch_start = on_validation_epoch_start
+    on_test_epoch_start = on_predict_epoch_start = on_validation_epoch_start
 
     def on_test_epoch_end(self) -> None:
         records = self._gathered(self.eval_records)
@@ -313,6 +317,14 @@ class SemiFTModule(L.LightningModule):
             atomic_write_json(out / "test_summary.json", summary)
             rank_zero_info(f"test accuracy {summary['accuracy']:.4f} on {summary['count']} items "
                            f"({summary['no_answer']} without an answer); predictions in {out}")
+        self.trainer.strategy.barrier()
+
+    def on_predict_epoch_end(self) -> None:
+        records = self._gathered(self.eval_records)
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        if self.trainer.is_global_zero:
+            atomic_write_jsonl(out / "predictions.jsonl", records)
+            rank_zero_info(f"{len(records)} predictions in {out / 'predictions.jsonl'}")
         self.trainer.strategy.barrier()
 
     def _gathered(self, records: list[dict]) -> list[dict]:

@@ -83,6 +83,8 @@ def test_fit_then_test_round_trip(tmp_path, tiny_model, fpb_like):
     main(["test", "-c", config, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
     second, second_rows = read_summary(tmp_path)
     assert first == second and first_rows == second_rows  # deterministic evaluation
+    main(["predict", "-c", config, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
+    assert (tmp_path / "runs" / "logs" / "predictions.jsonl").read_text() == first_rows
     assert first["count"] == 12 and len(first_rows.splitlines()) == 12
     assert first["accuracy"] > vanilla["accuracy"]  # the synthetic task is learnable
     assert list((tmp_path / "runs" / "logs").glob("events.out.tfevents*"))
