@@ -308,23 +308,25 @@ class SemiFTModule(L.LightningModule):
     on_test_epoch_start = on_predict_epoch_start = on_validation_epoch_start
 
     def on_test_epoch_end(self) -> None:
+        self._write_records("test_predictions.jsonl", with_summary=True)
+
+    def on_predict_epoch_end(self) -> None:
+        self._write_records("predictions.jsonl")
+
+    def _write_records(self, name: str, with_summary: bool = False) -> None:
+        """Rank zero writes every rank's records (and their summary) next to the logs; then all ranks meet."""
         records = self._gathered(self.eval_records)
         out = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # collective, as above
         if self.trainer.is_global_zero:
-            summary = summarize(records, self.trainer.datamodule.task.name)
-            summary["truncated_prompts"] = self.trainer.datamodule.truncated.get("test", 0)
-            atomic_write_jsonl(out / "test_predictions.jsonl", records)
-            atomic_write_json(out / "test_summary.json", summary)
-            rank_zero_info(f"test accuracy {summary['accuracy']:.4f} on {summary['count']} items "
-                           f"({summary['no_answer']} without an answer); predictions in {out}")
-        self.trainer.strategy.barrier()
-
-    def on_predict_epoch_end(self) -> None:
-        records = self._gathered(self.eval_records)
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        if self.trainer.is_global_zero:
-            atomic_write_jsonl(out / "predictions.jsonl", records)
-            rank_zero_info(f"{len(records)} predictions in {out / 'predictions.jsonl'}")
+            atomic_write_jsonl(out / name, records)
+            if with_summary:
+                summary = summarize(records, self.trainer.datamodule.task.name)
+                summary["truncated_prompts"] = self.trainer.datamodule.truncated.get("test", 0)
+                atomic_write_json(out / "test_summary.json", summary)
+                rank_zero_info(f"test accuracy {summary['accuracy']:.4f} on {summary['count']} items "
+                               f"({summary['no_answer']} without an answer); predictions in {out}")
+            else:
+                rank_zero_info(f"{len(records)} predictions in {out / name}")
         self.trainer.strategy.barrier()
 
     def _gathered(self, records: list[dict]) -> list[dict]:
