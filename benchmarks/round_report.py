@@ -18,26 +18,32 @@ def percent(part: float) -> str:
     return f"{100 * part:.1f}%"
 
 
+def view_answers(records: list[dict], view: int) -> list[dict]:
+    return [{"id": r["id"], "answer": r["view_answers"][view]} for r in records]
+
+
+def answer_mix(records: list[dict]) -> dict:
+    return dict(sorted(Counter(str(r["answer"]) for r in records).items()))
+
+
 def report(records: list[dict], gold: dict) -> list[str]:
-    views = len(records[0]["view_answers"])
+    views = range(len(records[0]["view_answers"]))
     lines = [f"pool: {len(records)} items, pseudo-label accuracy {percent(accuracy(records, gold))}, all views agree "
              f"on {percent(sum(r['unanimous'] for r in records) / len(records))}",
              f"gold mix: {dict(sorted(Counter(gold[r['id']] for r in records).items()))}"]
-    for i in range(views):
-        answers = [{"id": r["id"], "answer": r["view_answers"][i]} for r in records]
-        lines.append(f"view {i + 1}: accuracy {percent(accuracy(answers, gold))}, answers "
-                     f"{dict(sorted(Counter(str(a['answer']) for a in answers).items()))}")
+    for i in views:
+        answers = view_answers(records, i)
+        lines.append(f"view {i + 1}: accuracy {percent(accuracy(answers, gold))}, answers {answer_mix(answers)}")
     disputed = [r for r in records if r["disputed"]]
     if disputed:
-        on_disputes = ", ".join(f"view {i + 1} {percent(accuracy([{'id': r['id'], 'answer': r['view_answers'][i]} for r in disputed], gold))}"
-                                for i in range(views))
+        right = ", ".join(f"view {i + 1} {percent(accuracy(view_answers(disputed, i), gold))}" for i in views)
         how = "self-justification" if any(r["justified"] for r in disputed) else "majority"
-        lines.append(f"disputed: {len(disputed)} items; right on them: {on_disputes}; final answer ({how}) "
+        lines.append(f"disputed: {len(disputed)} items; right on them: {right}; final answer ({how}) "
                      f"{percent(accuracy(disputed, gold))}")
     selected = [r for r in records if r["selected"]]
     if selected:
         lines.append(f"selected: {len(selected)} ({percent(len(selected) / len(records))}), accuracy "
-                     f"{percent(accuracy(selected, gold))}, answers {dict(sorted(Counter(r['answer'] for r in selected).items()))}")
+                     f"{percent(accuracy(selected, gold))}, answers {answer_mix(selected)}")
     return lines
 
 
