@@ -324,7 +324,7 @@ class SemiFTDataModule(L.LightningDataModule):
         demonstrations = {}
         for example in chosen[:len(chosen) - len(with_candidates)]:
             others = [other for other in rng.sample(labeled, min(len(labeled), self.view_prompt_demonstrations + 1))
-                      if other.id != example.id]
+                      if split != "labeled" or other.id != example.id]  # never an item's own demonstration
             demonstrations[example.id] = others[:self.view_prompt_demonstrations]
         candidates = {}
         for example in with_candidates:
