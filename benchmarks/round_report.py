@@ -30,7 +30,7 @@ def report(records: list[dict], gold: dict) -> list[str]:
     views = range(len(records[0]["view_answers"]))
     lines = [f"pool: {len(records)} items, pseudo-label accuracy {percent(accuracy(records, gold))}, all views agree "
              f"on {percent(sum(r['unanimous'] for r in records) / len(records))}",
-             f"gold mix: {dict(sorted(Counter(gold[r['id']] for r in records).items()))}"]
+             f"gold mix: {answer_mix([{'answer': gold[r['id']]} for r in records])}"]
     for i in views:
         answers = view_answers(records, i)
         lines.append(f"view {i + 1}: accuracy {percent(accuracy(answers, gold))}, answers {answer_mix(answers)}")
