@@ -50,9 +50,9 @@ def saved_figure(path: Path, legend_size: Optional[int] = None, **axes):
     plt.close(fig)
 
 
-def fpb_unlabeled_gold(data_root: str) -> dict:
-    """Gold answers of FPB's unlabeled file by item id: for diagnostics only."""
-    datamodule = SemiFTDataModule(task="fpb", root=data_root, unlabeled="fpb/unlabeled.csv")
+def unlabeled_gold(data_root: str, task: str) -> dict:
+    """Gold answers of ``<data_root>/<task>/unlabeled.csv`` by item id: for diagnostics only."""
+    datamodule = SemiFTDataModule(task=task, root=data_root, unlabeled=f"{task}/unlabeled.csv")
     datamodule.load_split("unlabeled")
     return datamodule.unlabeled_gold
 
@@ -107,7 +107,8 @@ def named_files(items: list[str]) -> dict[str, list[dict]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", required=True, help="folder holding fpb/unlabeled.csv (gold for diagnostics)")
+    parser.add_argument("--data-root", required=True, help="folder holding TASK/unlabeled.csv (gold for diagnostics)")
+    parser.add_argument("--task", default="fpb", help="task preset and folder name under --data-root")
     parser.add_argument("--test", action="append", default=[], metavar="NAME=PREDICTIONS_JSONL")
     parser.add_argument("--round", action="append", required=True, metavar="NAME=PSEUDO_LABELS_ROUND_JSONL")
     parser.add_argument("--out", default="benchmarks/figures")
@@ -115,7 +116,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     test_uncertainty(named_files(args.test), out)
-    gold = fpb_unlabeled_gold(args.data_root)
+    gold = unlabeled_gold(args.data_root, args.task)
     rounds = named_files(args.round)
     accuracy_by_uncertainty(rounds, gold, out)
     kept_accuracy_vs_theta(rounds, gold, out)

@@ -1,6 +1,6 @@
-"""What a pseudo-labeling round did, against the gold column of FPB's unlabeled file (a diagnostic only).
+"""What a pseudo-labeling round did, against the gold column of the task's unlabeled file (a diagnostic only).
 
-    python benchmarks/round_report.py --data-root ../shared/data/semievol runs/NAME/logs/pseudo_labels_round1.jsonl
+    python benchmarks/round_report.py --data-root ../shared/data/semievol [--task arc] runs/NAME/logs/pseudo_labels_round1.jsonl
 
 Prints the pool's pseudo-label accuracy, each view's accuracy and answer mix, how the disputed items were
 resolved (each view's and the final answer's accuracy on them), and the selection's size, accuracy and answer mix.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from figures import accuracy, fpb_unlabeled_gold, read_jsonl
+from figures import accuracy, read_jsonl, unlabeled_gold
 
 
 def percent(part: float) -> str:
@@ -49,10 +49,11 @@ def report(records: list[dict], gold: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", required=True, help="folder holding fpb/unlabeled.csv")
+    parser.add_argument("--data-root", required=True, help="folder holding TASK/unlabeled.csv")
+    parser.add_argument("--task", default="fpb", help="task preset and folder name under --data-root")
     parser.add_argument("rounds", nargs="+", metavar="PSEUDO_LABELS_ROUND_JSONL")
     args = parser.parse_args()
-    gold = fpb_unlabeled_gold(args.data_root)
+    gold = unlabeled_gold(args.data_root, args.task)
     for path in args.rounds:
         print(f"== {path}")
         print("\n".join(report(read_jsonl(path), gold)))

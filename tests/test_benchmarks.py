@@ -1,11 +1,17 @@
 """The benchmark scripts run end to end on a tiny model, so they cannot rot between real runs."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
 
 
 def run(script: str, *args: str, cwd: Path) -> str:
@@ -54,8 +60,8 @@ def test_figures_are_drawn_from_run_files(fpb_like, tmp_path):
 
 def test_round_report_scores_each_view_the_disputes_and_the_selection(fpb_like, tmp_path):
     sys.path.insert(0, str(BENCHMARKS))
-    from figures import fpb_unlabeled_gold
-    gold = fpb_unlabeled_gold(str(fpb_like))
+    from figures import unlabeled_gold
+    gold = unlabeled_gold(str(fpb_like), "fpb")
     wrong = {answer: "ABC"[("ABC".index(answer) + 1) % 3] for answer in "ABC"}
     records = [{"id": key, "view_answers": [answer, wrong[answer] if i < 10 else answer], "unanimous": i >= 10,
                 "disputed": i < 10, "justified": i < 10, "answer": answer if i % 2 else wrong[answer],
@@ -68,3 +74,31 @@ def test_round_report_scores_each_view_the_disputes_and_the_selection(fpb_like, 
     assert "view 1: accuracy 100.0%" in out and "view 2: accuracy 66.7%" in out
     assert "disputed: 10 items; right on them: view 1 100.0%, view 2 0.0%; final answer (self-justification) 50.0%" in out
     assert "selected: 10 (33.3%), accuracy 50.0%" in out
+
+
+def test_semievol_vs_sft_runs_the_four_runs_and_matches_semievols_steps(tiny_model, fpb_like, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "seed_everything": 7,
+        "trainer": {"max_epochs": 1, "precision": "32-true", "enable_progress_bar": False,
+                    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                               "init_args": {"save_dir": "runs", "name": "logs", "version": ""}},
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"save_last": True, "save_top_k": 1}}]},
+        "model": {"model": tiny_model, "optimizer": {"lr": 0.01}, "lora": {"r": 8}},
+        "data": {"task": "fpb", "labeled": "fpb/labeled.csv", "unlabeled": "fpb/unlabeled.csv",
+                 "test": "fpb/test.csv", "batch_size": 4, "eval_batch_size": 5, "max_length": 256}}))
+    (tmp_path / "cwd").mkdir()
+    warmup = [f"--{key}.init_args.warmup_epochs=1" for key in ("propagation", "voting", "selection")]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", str(BENCHMARKS / "semievol_vs_sft.sh"), str(config), str(fpb_like),
+                             str(REPO / "callbacks" / "semievol_light.yaml"), "--trainer.max_epochs=2", *warmup],
+                            capture_output=True, text=True, timeout=900, cwd=tmp_path / "cwd", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for run in ("vanilla", "sft", "semievol", "sft_equal_steps"):
+        assert re.search(rf"^tiny_{run}: test accuracy [01]\.\d{{4}} on 12 items$", result.stdout, re.M), run
+    assert "round: {" in result.stdout and "seconds: vanilla test " in result.stdout
+    steps = int(re.search(r"SemiEvol optimizer steps: (\d+)", result.stdout).group(1))
+    assert steps > 6  # 6 warm-up steps on the 24 labeled items, then labeled + selected
+    equal = tmp_path / "cwd" / "runs" / "tiny_sft_equal_steps" / "logs" / "checkpoints" / "last.ckpt"
+    assert torch.load(equal, weights_only=True)["global_step"] == steps
