@@ -14,8 +14,7 @@ recipe=${3:-callbacks/semievol_light.yaml}
 shift $(( $# < 3 ? $# : 3 ))
 schedule=("$@")
 if [ ${#schedule[@]} -eq 0 ]; then
-  schedule=(--trainer.max_epochs 4 --propagation.init_args.warmup_epochs 3 --voting.init_args.warmup_epochs 3
-            --selection.init_args.warmup_epochs 3)
+  schedule=(--trainer.max_epochs 4 --semievol.warmup_epochs 3)
 fi
 name=$(basename "$config" .yaml)
 data=(); [ "$root" = - ] || data=(--data.root "$root")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Optional
 
 import torch
+from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningCLI
 
@@ -27,11 +30,27 @@ def default_precision() -> str:
     return "bf16-mixed" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "32-true"
 
 
+@dataclass
+class SemiEvolSchedule:
+    """One schedule for every SemiEvol callback configured (each keeps its own value where this is unset).
+
+    Args:
+        warmup_epochs: labeled-only epochs before the first round.
+        refresh_every_n_epochs: epochs between rounds.
+        rounds: how many pseudo-labeling rounds to run.
+    """
+
+    warmup_epochs: Optional[int] = None
+    refresh_every_n_epochs: Optional[int] = None
+    rounds: Optional[int] = None
+
+
 class SemiFTCLI(LightningCLI):
     """Checks every model and data argument before anything loads and reports all problems in one error.
 
     The SemiEvol callbacks have their own keys (``propagation``, ``voting``, ``selection``) so that a recipe in
-    ``callbacks/`` composes with any config without replacing its ``trainer.callbacks`` list.
+    ``callbacks/`` composes with any config without replacing its ``trainer.callbacks`` list; ``semievol.*`` sets
+    their shared schedule in one place.
     """
 
     SEMIEVOL_KEYS = {"propagation": InContextPropagation, "voting": CollaborativeVoting, "selection": EntropySelection}
@@ -39,6 +58,7 @@ class SemiFTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         for key, callback in self.SEMIEVOL_KEYS.items():
             parser.add_lightning_class_args(callback, key, subclass_mode=True, required=False)
+        parser.add_class_arguments(SemiEvolSchedule, "semievol")
 
     def instantiate_trainer(self, **kwargs):
         keys = self._parser(self.subcommand).callback_keys
@@ -60,13 +80,21 @@ class SemiFTCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         problems = SemiFTModule.argument_problems(**vars(config.model)) + \
             SemiFTDataModule.argument_problems(**vars(config.data))
-        for key in self.SEMIEVOL_KEYS:
-            chosen = config.get(key)
-            if chosen is not None:
-                module_name, _, class_name = chosen.class_path.rpartition(".")
-                callback = getattr(importlib.import_module(module_name), class_name)
-                arguments = vars(chosen.init_args) if chosen.get("init_args") is not None else {}
-                problems += [f"{key}.init_args.{problem}" for problem in callback.argument_problems(**arguments)]
+        chosen_keys = [key for key in self.SEMIEVOL_KEYS if config.get(key) is not None]
+        shared = {field.name: config.semievol[field.name] for field in fields(SemiEvolSchedule)
+                  if config.semievol[field.name] is not None}
+        if shared and not chosen_keys:
+            problems.append(f"semievol: sets {', '.join(shared)} but no SemiEvol callback is configured "
+                            f"({', '.join(self.SEMIEVOL_KEYS)}); add a recipe from callbacks/")
+        for key in chosen_keys:
+            chosen = config[key]
+            if chosen.get("init_args") is None:
+                chosen.init_args = Namespace()
+            for name, value in shared.items():
+                chosen.init_args[name] = value
+            module_name, _, class_name = chosen.class_path.rpartition(".")
+            callback = getattr(importlib.import_module(module_name), class_name)
+            problems += [f"{key}.init_args.{problem}" for problem in callback.argument_problems(**vars(chosen.init_args))]
         if problems:
             raise ValueError("invalid arguments:\n- " + "\n- ".join(problems))
 

@@ -125,6 +125,27 @@ def test_recipe_composes_with_a_task_config(tmp_path, tiny_model, fpb_like, reci
     assert len(records[0]["view_answers"]) == (4 if recipe.endswith("semievol.yaml") else 1)
 
 
+def test_semievol_schedule_is_set_once_for_every_callback(tmp_path, tiny_model, fpb_like):
+    from semift_lightning import SemiFTDataModule, SemiFTModule
+    from semift_lightning.callbacks import SemiEvolStage
+    from semift_lightning.cli import SemiFTCLI
+    config = run_config(tmp_path, tiny_model, fpb_like)
+    cli = SemiFTCLI(SemiFTModule, SemiFTDataModule, run=False,
+                    args=["-c", config, "-c", str(REPO / "callbacks" / "semievol_light.yaml"),
+                          "--voting.init_args.refresh_every_n_epochs", "2", "--semievol.warmup_epochs", "3",
+                          "--semievol.rounds", "2"])
+    stages = [callback for callback in cli.trainer.callbacks if isinstance(callback, SemiEvolStage)]
+    assert len(stages) == 3
+    assert [stage.schedule for stage in stages] == [(3, 1, 2), (3, 2, 2), (3, 1, 2)]  # unset fields keep their own
+
+
+def test_semievol_schedule_without_a_callback_is_an_error(monkeypatch):
+    monkeypatch.setattr("semift_lightning.model.ModelSource.resolve", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(ValueError, match=r"semievol: sets warmup_epochs, rounds but no SemiEvol callback is "
+                                         r"configured \(propagation, voting, selection\)"):
+        main(["fit", "--semievol.warmup_epochs", "3", "--semievol.rounds", "2"])
+
+
 def test_unwritable_log_folder_fails_before_the_model_loads(tmp_path, tiny_model, fpb_like, monkeypatch):
     config = run_config(tmp_path, tiny_model, fpb_like)
     (tmp_path / "runs").write_text("a file where the log folder should be")
