@@ -1,6 +1,7 @@
 """What a pseudo-labeling round did, against the gold column of the task's unlabeled file (a diagnostic only).
 
-    python benchmarks/round_report.py --data-root ../shared/data/semievol [--task arc] runs/NAME/logs/pseudo_labels_round1.jsonl
+    python benchmarks/round_report.py --data-root ../shared/data/semievol [--task arc] \
+        runs/NAME/logs/pseudo_labels_round1.jsonl
 
 Prints the pool's pseudo-label accuracy, each view's accuracy and answer mix, how the disputed items were
 resolved (each view's and the final answer's accuracy on them), and the selection's size, accuracy and answer mix.

@@ -94,7 +94,8 @@ class SemiFTCLI(LightningCLI):
                 chosen.init_args[name] = value
             module_name, _, class_name = chosen.class_path.rpartition(".")
             callback = getattr(importlib.import_module(module_name), class_name)
-            problems += [f"{key}.init_args.{problem}" for problem in callback.argument_problems(**vars(chosen.init_args))]
+            problems += [f"{key}.init_args.{problem}"
+                         for problem in callback.argument_problems(**vars(chosen.init_args))]
         if problems:
             raise ValueError("invalid arguments:\n- " + "\n- ".join(problems))
 

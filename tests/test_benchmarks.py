@@ -91,7 +91,8 @@ def test_semievol_vs_sft_runs_the_four_runs_and_matches_semievols_steps(tiny_mod
     (tmp_path / "cwd").mkdir()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(["bash", str(BENCHMARKS / "semievol_vs_sft.sh"), str(config), str(fpb_like),
-                             str(REPO / "callbacks" / "semievol_light.yaml"), "--trainer.max_epochs=2", "--semievol.warmup_epochs=1"],
+                             str(REPO / "callbacks" / "semievol_light.yaml"), "--trainer.max_epochs=2",
+                             "--semievol.warmup_epochs=1"],
                             capture_output=True, text=True, timeout=900, cwd=tmp_path / "cwd", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     for run in ("vanilla", "sft", "semievol", "sft_equal_steps"):
