@@ -126,7 +126,7 @@ class SemiFTDataModule(L.LightningDataModule):
             instead of the plain prompt, so that the student is trained on the prompts its views read: half of them
             with ``view_prompt_demonstrations`` other labeled items as demonstrations, and (closed-form tasks) half
             with proposed answers as self-justification lists them (the gold one and another option, in option
-            order). Drawn with the seed and the epoch each time the train dataloader is built.
+            order). Drawn with the seed and the epoch; when on, the train dataloader is rebuilt every epoch.
         view_prompt_demonstrations: demonstrations in the demonstration form of ``view_prompt_fraction``.
     """
 
@@ -281,6 +281,8 @@ class SemiFTDataModule(L.LightningDataModule):
         if stage == "fit":
             self.load_split("val")
             self.check_test_overlap()
+            if self.view_prompt_fraction > 0:
+                self.trainer.reload_dataloaders_every_n_epochs = 1  # a new draw of prompt forms each epoch
 
     # ----- encoding ----------------------------------------------------------------------------------------------
     def encode(self, split: str, examples: Sequence[Example], with_target: bool,

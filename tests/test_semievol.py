@@ -184,6 +184,11 @@ def test_view_prompt_fraction_trains_on_demonstration_and_proposed_answer_prompt
         assert not set(with_demonstrations) & set(with_candidates)
     assert prompts.epochs[0] != prompts.epochs[1][:24]  # drawn again when the train dataloader is rebuilt
 
+    plain = TrainingPrompts()  # plain SFT (no callbacks to rebuild the dataloader) draws every epoch too
+    module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path / "plain", [plain], view_prompt_fraction=0.5)
+    trainer.fit(module, datamodule)
+    assert len(plain.epochs) == 2 and plain.epochs[0] != plain.epochs[1]
+
     labeled = datamodule.load_split("labeled")
     forms = datamodule.view_prompts("labeled", labeled)
     assert forms == datamodule.view_prompts("labeled", labeled)  # the same on every rank
