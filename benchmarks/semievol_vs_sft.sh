@@ -43,6 +43,6 @@ checkpoint = torch.load(sys.argv[1], weights_only=True)
 history = next((state["history"] for state in checkpoint["callbacks"].values() if state.get("history")), [])
 for metrics in history:  # every SemiEvol callback keeps the same history: print one
     print("round:", {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
-print(f"SemiEvol optimizer steps: {checkpoint['global_step']}")
 PY
+echo "SemiEvol optimizer steps: $steps"
 echo "seconds: vanilla test $((t1-t0)), SFT fit $((t2-t1)), SFT test $((t3-t2)), SemiEvol fit $((t4-t3)), SemiEvol test $((t5-t4)), equal-steps SFT fit $((t6-t5)), its test $((t7-t6))"
