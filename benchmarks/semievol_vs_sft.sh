@@ -7,6 +7,8 @@
 #   DATA_ROOT: the folder the config's files are relative to, or - for a config whose data needs none (mmlu).
 #   RECIPE default: callbacks/semievol_light.yaml; the default SEMIFT_FIT_ARGS (the published runs) warm up for 3
 #   epochs of a 4-epoch fit.
+#   COMMON_ARGS (environment, split on spaces): semift arguments for every run, e.g. a fixed subset
+#   "--data.sizes.labeled 300 --data.sizes.unlabeled 900 --data.sizes.test 300".
 set -euo pipefail
 config=${1:?pass a task config, e.g. configs/fpb.yaml}
 root=${2:?pass the data folder, or - for none}
@@ -17,11 +19,13 @@ if [ ${#schedule[@]} -eq 0 ]; then
   schedule=(--trainer.max_epochs 4 --semievol.warmup_epochs 3)
 fi
 name=$(basename "$config" .yaml)
-data=(); [ "$root" = - ] || data=(--data.root "$root")
+every_run=(); [ "$root" = - ] || every_run=(--data.root "$root")
+read -ra common <<< "${COMMON_ARGS:-}"
+every_run+=("${common[@]}")
 stamp() { date +%s; }
 ckpt() { echo "runs/${name}_$1/logs/checkpoints/last.ckpt"; }
-run_fit() { local run=$1; shift; semift fit -c "$config" "${data[@]}" --trainer.logger.init_args.save_dir "runs/${name}_$run" "$@"; }
-run_test() { semift test -c "$config" "${data[@]}" --trainer.logger.init_args.save_dir "runs/${name}_$1" ${2:+--ckpt_path "$2"}; }
+run_fit() { local run=$1; shift; semift fit -c "$config" "${every_run[@]}" --trainer.logger.init_args.save_dir "runs/${name}_$run" "$@"; }
+run_test() { semift test -c "$config" "${every_run[@]}" --trainer.logger.init_args.save_dir "runs/${name}_$1" ${2:+--ckpt_path "$2"}; }
 
 t0=$(stamp); run_test vanilla
 t1=$(stamp); run_fit sft

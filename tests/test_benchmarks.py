@@ -89,14 +89,15 @@ def test_semievol_vs_sft_runs_the_four_runs_and_matches_semievols_steps(tiny_mod
         "data": {"task": "fpb", "labeled": "fpb/labeled.csv", "unlabeled": "fpb/unlabeled.csv",
                  "test": "fpb/test.csv", "batch_size": 4, "eval_batch_size": 5, "max_length": 256}}))
     (tmp_path / "cwd").mkdir()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "COMMON_ARGS": "--data.sizes.test 10"}
     result = subprocess.run(["bash", str(BENCHMARKS / "semievol_vs_sft.sh"), str(config), str(fpb_like),
                              str(REPO / "callbacks" / "semievol_light.yaml"), "--trainer.max_epochs=2",
                              "--semievol.warmup_epochs=1"],
                             capture_output=True, text=True, timeout=900, cwd=tmp_path / "cwd", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     for run in ("vanilla", "sft", "semievol", "sft_equal_steps"):
-        assert re.search(rf"^tiny_{run}: test accuracy [01]\.\d{{4}} on 12 items$", result.stdout, re.M), run
+        assert re.search(rf"^tiny_{run}: test accuracy [01]\.\d{{4}} on 10 items$", result.stdout, re.M), run
     assert "round: {" in result.stdout and "seconds: vanilla test " in result.stdout
     steps = int(re.search(r"SemiEvol optimizer steps: (\d+)", result.stdout).group(1))
     assert steps > 6  # 6 warm-up steps on the 24 labeled items, then labeled + selected
