@@ -1,15 +1,20 @@
 """Figures for BENCHMARKS.md from files that runs already wrote (no model is loaded).
 
     python benchmarks/figures.py --data-root ../shared/data/semievol --out benchmarks/figures \
-        --test vanilla=runs/fpb_vanilla/logs/test_predictions.jsonl --test SFT=... --test SemiEvol=... \
-        --round SemiEvol-light=runs/fpb_semievol3/logs/pseudo_labels_round1.jsonl --round ...
+        --test vanilla=runs/fpb_vanilla/logs/test_predictions.jsonl \
+        --test "SFT 313 steps=runs/fpb_sft313/logs/test_predictions.jsonl" \
+        --test SemiEvol-light=runs/fpb_semievol3/logs/test_predictions.jsonl \
+        --test "self-training + AS=runs/fpb_selftrain_as/logs/test_predictions.jsonl" \
+        --round SemiEvol-light=runs/fpb_semievol3/logs/pseudo_labels_round1.jsonl \
+        --round "self-training + AS=runs/fpb_selftrain_as/logs/pseudo_labels_round1.jsonl"
 
 1. test_uncertainty.png: the normalised entropy of each run's option distribution on the test items (the paper's
    Figure 4 idea: does SemiEvol leave the model more certain?), with each run's accuracy.
 2. pseudo_label_accuracy_by_uncertainty.png: each round's pseudo-labels in ten uncertainty bins (deciles of the
    pool), the accuracy of each bin against the unlabeled file's gold column (a diagnostic, never used in training).
-3. kept_accuracy_vs_theta.png: the accuracy of the pseudo-labels that EntropySelection keeps, against θ, pool-wide
-   and per answer option.
+3. kept_accuracy_vs_theta.png: the accuracy of the pseudo-labels that EntropySelection keeps, against θ, pool-wide,
+   per answer option in the pool's mix and per answer option in the labeled set's mix (answer_mix="labeled"; the
+   answers of TASK/labeled.csv); the kept answer mix at θ=0.5 is printed for each.
 Each figure's numbers are printed too.
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -57,6 +63,12 @@ def unlabeled_gold(data_root: str, task: str) -> dict:
     return datamodule.unlabeled_gold
 
 
+def labeled_answers(data_root: str, task: str) -> list[str]:
+    """The answers of ``<data_root>/<task>/labeled.csv``, which selection may use."""
+    datamodule = SemiFTDataModule(task=task, root=data_root, labeled=f"{task}/labeled.csv")
+    return [example.answer for example in datamodule.load_split("labeled")]
+
+
 def accuracy(records: list[dict], gold: dict) -> float:
     """The share of ``records`` whose answer is the gold one (a diagnostic)."""
     return sum(r["answer"] == gold[r["id"]] for r in records) / len(records)
@@ -85,20 +97,27 @@ def accuracy_by_uncertainty(rounds: dict[str, list[dict]], gold: dict, out: Path
             ax.plot([10 * i + 5 for i in range(10)], accuracies, marker="o", label=name)
 
 
-def kept_accuracy_vs_theta(rounds: dict[str, list[dict]], gold: dict, out: Path) -> None:
-    with saved_figure(out / "kept_accuracy_vs_theta.png", legend_size=7, xlabel="θ (fraction kept)",
+SELECTION_MODES = {"pool-wide": {}, "per answer, pool mix": {"per_answer": True},
+                   "per answer, labeled mix": {"per_answer": True, "answer_mix": "labeled"}}
+
+
+def kept_accuracy_vs_theta(rounds: dict[str, list[dict]], gold: dict, labeled: list[str], out: Path) -> None:
+    with saved_figure(out / "kept_accuracy_vs_theta.png", legend_size=6, xlabel="θ (fraction kept)",
                       ylabel="accuracy of the kept pseudo-labels", title="Selection against θ") as ax:
         for name, records in rounds.items():
-            for per_answer in (False, True):
+            for (mode, arguments), linestyle in zip(SELECTION_MODES.items(), ("--", "-", ":")):
                 accuracies = []
                 for theta in THETAS:
                     trial = copy.deepcopy(records)
-                    EntropySelection(keep_fraction=theta, per_answer=per_answer).select(trial)
-                    accuracies.append(accuracy([r for r in trial if r["selected"]], gold))
-                label = f"{name}, {'per answer option' if per_answer else 'pool-wide'}"
-                print(f"kept pseudo-label accuracy, {label}: "
+                    EntropySelection(keep_fraction=theta, **arguments).select(trial, labeled)
+                    kept = [r for r in trial if r["selected"]]
+                    accuracies.append(accuracy(kept, gold))
+                    if theta == 0.5:
+                        mix = dict(sorted(Counter(r["answer"] for r in kept).items()))
+                        print(f"{name}, {mode}, θ=0.5: kept {len(kept)}, answers {mix}")
+                print(f"kept pseudo-label accuracy, {name}, {mode}: "
                       + " ".join(f"θ={t}:{a:.3f}" for t, a in zip(THETAS, accuracies)))
-                ax.plot(THETAS, accuracies, marker="o", linestyle="-" if per_answer else "--", label=label)
+                ax.plot(THETAS, accuracies, marker="o", linestyle=linestyle, label=f"{name}, {mode}")
 
 
 def named_files(items: list[str]) -> dict[str, list[dict]]:
@@ -107,7 +126,8 @@ def named_files(items: list[str]) -> dict[str, list[dict]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", required=True, help="folder holding TASK/unlabeled.csv (gold for diagnostics)")
+    parser.add_argument("--data-root", required=True,
+                        help="folder holding TASK/unlabeled.csv (gold for diagnostics) and TASK/labeled.csv")
     parser.add_argument("--task", default="fpb", help="task preset and folder name under --data-root")
     parser.add_argument("--test", action="append", default=[], metavar="NAME=PREDICTIONS_JSONL")
     parser.add_argument("--round", action="append", required=True, metavar="NAME=PSEUDO_LABELS_ROUND_JSONL")
@@ -119,7 +139,7 @@ def main() -> None:
     gold = unlabeled_gold(args.data_root, args.task)
     rounds = named_files(args.round)
     accuracy_by_uncertainty(rounds, gold, out)
-    kept_accuracy_vs_theta(rounds, gold, out)
+    kept_accuracy_vs_theta(rounds, gold, labeled_answers(args.data_root, args.task), out)
     print(f"figures in {out}")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -288,23 +289,36 @@ class EntropySelection(SemiEvolStage):
         always_keep_unanimous: also keep every item all views agreed on.
         per_answer: apply θ within each answer option separately (closed-form tasks only), so that the kept
             items have the answer mix of the pool instead of piling up on the answer the student is surest of.
+        answer_mix: with ``per_answer``, whose answer mix the kept items follow. ``"pool"``: θ of each option's
+            items. ``"labeled"``: θ of all answered items, shared among the options in the labeled set's
+            proportions, the least uncertain of each option first; an option short of its share keeps all it
+            has and the rest is not refilled. This guards against a bias every view shares (the pool piling
+            up on one option), at the cost of fewer kept items.
         warmup_epochs: labeled-only epochs before the first round (the same in every SemiEvol callback).
         refresh_every_n_epochs: epochs between rounds.
         rounds: how many pseudo-labeling rounds to run.
     """
 
     def __init__(self, keep_fraction: float = 0.5, always_keep_unanimous: bool = False, per_answer: bool = False,
-                 warmup_epochs: int = 1, refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
-        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds, keep_fraction=keep_fraction)
+                 answer_mix: str = "pool", warmup_epochs: int = 1, refresh_every_n_epochs: int = 1,
+                 rounds: int = 1) -> None:
+        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds, keep_fraction=keep_fraction,
+                         per_answer=per_answer, answer_mix=answer_mix)
         self.keep_fraction = keep_fraction
         self.always_keep_unanimous = always_keep_unanimous
         self.per_answer = per_answer
+        self.answer_mix = answer_mix
 
     @classmethod
-    def argument_problems(cls, keep_fraction: float = 0.5, **schedule: Any) -> list[str]:
+    def argument_problems(cls, keep_fraction: float = 0.5, per_answer: bool = False, answer_mix: str = "pool",
+                          **schedule: Any) -> list[str]:
         problems = super().argument_problems(**schedule)
         if not 0 < keep_fraction <= 1:
             problems.append(f"keep_fraction (θ): must be in (0, 1], got {keep_fraction}")
+        if answer_mix not in ("pool", "labeled"):
+            problems.append(f"answer_mix: must be 'pool' or 'labeled', got {answer_mix!r}")
+        elif answer_mix == "labeled" and not per_answer:
+            problems.append("answer_mix: 'labeled' shares θ among answer options, so it needs per_answer=True")
         return problems
 
     def check(self, trainer, datamodule, stages) -> None:
@@ -312,19 +326,30 @@ class EntropySelection(SemiEvolStage):
             raise ValueError(f"EntropySelection: per_answer=True needs a closed-form task; {datamodule.task.name!r} "
                              f"has free-form answers")
 
-    def select(self, records: list[dict]) -> Optional[float]:
-        """Marks the kept records; returns the threshold (with ``per_answer``, the largest of the answers')."""
+    def select(self, records: list[dict], labeled_answers: Sequence[str] = ()) -> Optional[float]:
+        """Marks the kept records; returns the threshold (with ``per_answer``, the largest of the answers').
+
+        ``labeled_answers``: the labeled set's gold answers, which ``answer_mix="labeled"`` needs.
+        """
         answered = [r for r in records if r["answer"] is not None and math.isfinite(r["uncertainty"])]
         groups: dict[Optional[str], list[dict]] = {}
         for record in answered:
             groups.setdefault(record["answer"] if self.per_answer else None, []).append(record)
+        if self.answer_mix == "labeled" and not labeled_answers:
+            raise ValueError("EntropySelection: answer_mix='labeled' needs the labeled set's answers; none given")
+        shares = Counter(labeled_answers)
         thresholds = []
-        for group in groups.values():
-            threshold = quantile_threshold([r["uncertainty"] for r in group], self.keep_fraction)
-            thresholds.append(threshold)
+        for answer, group in groups.items():
+            if self.answer_mix == "labeled":
+                quota = round(self.keep_fraction * len(answered) * shares[answer] / len(labeled_answers))
+                kept = sorted(group, key=lambda r: (r["uncertainty"], r["id"]))[:quota]
+            else:
+                threshold = quantile_threshold([r["uncertainty"] for r in group], self.keep_fraction)
+                kept = [r for r in group if r["uncertainty"] <= threshold]
+            thresholds += [max(r["uncertainty"] for r in kept)] if kept else []
+            kept_ids = {id(r) for r in kept}
             for record in group:
-                record["selected"] = record["uncertainty"] <= threshold or (self.always_keep_unanimous
-                                                                            and record["unanimous"])
+                record["selected"] = id(record) in kept_ids or (self.always_keep_unanimous and record["unanimous"])
         return max(thresholds, default=None)
 
 
@@ -351,7 +376,8 @@ def run_round(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, st
         module.train(was_training)
     for record in records:
         record.update(round=index, selected=record["answer"] is not None and math.isfinite(record["uncertainty"]))
-    threshold = selection.select(records) if selection else None
+    labeled_answers = [example.answer for example in datamodule.load_split("labeled")]
+    threshold = selection.select(records, labeled_answers) if selection else None
     datamodule.set_pseudo_labels(records, index)
     metrics = _round_metrics(records, datamodule.unlabeled_gold, datamodule.task, threshold, index)
     _log_round(trainer, module, records, metrics)

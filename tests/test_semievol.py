@@ -127,7 +127,8 @@ def test_gold_column_of_unlabeled_data_only_moves_the_diagnostic(tiny_model, fpb
     lambda: [InContextPropagation(k=2)],
     lambda: [CollaborativeVoting(views=[View(), View(adapter="base")])],
     lambda: [EntropySelection(keep_fraction=0.3)],
-], ids=["propagation", "voting", "selection"])
+    lambda: [EntropySelection(keep_fraction=0.3, per_answer=True, answer_mix="labeled")],
+], ids=["propagation", "voting", "selection", "selection-labeled-mix"])
 def test_each_callback_alone(tiny_model, fpb_like, tmp_path, callbacks):
     module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, callbacks())
     trainer.fit(module, datamodule)
@@ -149,6 +150,13 @@ def test_per_answer_selection_keeps_each_answers_least_uncertain_fraction():
     assert {r["answer"] for r in pooled if r["selected"]} == {"B"}
     assert EntropySelection(keep_fraction=0.5, per_answer=True).select(per_answer) == 0.9
     assert sorted(r["id"] for r in per_answer if r["selected"]) == ["A0", "A1", "B0", "B1", "B2", "B3", "C0"]
+    # the labeled set's mix (A 1/4, B 1/4, C 1/2) shares θ·14 = 7 items: A 2, B 2, C 4 of which it has only 2
+    labeled_mix = pool()
+    selection = EntropySelection(keep_fraction=0.5, per_answer=True, answer_mix="labeled")
+    assert selection.select(labeled_mix, ["A", "B", "C", "C"]) == 0.97
+    assert sorted(r["id"] for r in labeled_mix if r["selected"]) == ["A0", "A1", "B0", "B1", "C0", "C1"]
+    with pytest.raises(ValueError, match="answer_mix='labeled' needs the labeled set's answers"):
+        selection.select(pool())
 
 
 def test_self_justification_lists_each_proposed_answer_once_in_option_order():
@@ -220,6 +228,11 @@ def test_empty_unlabeled_set_warns_and_trains_on_labeled(tiny_model, fpb_like, t
 def test_bad_arguments_are_clear(tiny_model, fpb_like, tmp_path):
     with pytest.raises(ValueError, match=r"keep_fraction \(θ\): must be in \(0, 1\], got 1.5"):
         EntropySelection(keep_fraction=1.5)
+    with pytest.raises(ValueError, match=r"answer_mix: must be 'pool' or 'labeled', got 'gold'"):
+        EntropySelection(per_answer=True, answer_mix="gold")
+    with pytest.raises(ValueError, match=r"answer_mix: 'labeled' shares θ among answer options, so it needs "
+                                         r"per_answer=True"):
+        EntropySelection(answer_mix="labeled")
     with pytest.raises(ValueError, match=r"views: needs at least one view \(n >= 1\)"):
         CollaborativeVoting(views=[])
     with pytest.raises(ValueError, match=r"views\[1\].adapter: '/nowhere' is neither"):
