@@ -12,7 +12,7 @@ from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningCLI
 
-from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation
+from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation, SemiEvolStage
 from semift_lightning.datamodule import SemiFTDataModule
 from semift_lightning.io import AtomicCheckpointIO
 from semift_lightning.module import SemiFTModule, check_outputs
@@ -86,6 +86,7 @@ class SemiFTCLI(LightningCLI):
         if shared and not chosen_keys:
             problems.append(f"semievol: sets {', '.join(shared)} but no SemiEvol callback is configured "
                             f"({', '.join(self.SEMIEVOL_KEYS)}); add a recipe from callbacks/")
+        problems += [f"semievol.{problem}" for problem in SemiEvolStage.argument_problems(**shared)]
         for key in chosen_keys:
             chosen = config[key]
             if chosen.get("init_args") is None:
@@ -94,8 +95,9 @@ class SemiFTCLI(LightningCLI):
                 chosen.init_args[name] = value
             module_name, _, class_name = chosen.class_path.rpartition(".")
             callback = getattr(importlib.import_module(module_name), class_name)
-            problems += [f"{key}.init_args.{problem}"
-                         for problem in callback.argument_problems(**vars(chosen.init_args))]
+            problems += [f"{key}.init_args.{problem}"  # a bad shared value is reported once, as semievol.*
+                         for problem in callback.argument_problems(**vars(chosen.init_args))
+                         if problem.split(":", 1)[0] not in shared]
         if problems:
             raise ValueError("invalid arguments:\n- " + "\n- ".join(problems))
 

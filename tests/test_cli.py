@@ -146,6 +146,17 @@ def test_semievol_schedule_without_a_callback_is_an_error(monkeypatch):
         main(["fit", "--semievol.warmup_epochs", "3", "--semievol.rounds", "2"])
 
 
+def test_a_bad_semievol_schedule_is_reported_once(tmp_path, tiny_model, fpb_like, monkeypatch):
+    monkeypatch.setattr("semift_lightning.model.ModelSource.resolve", lambda *a, **k: pytest.fail("model loaded"))
+    config = run_config(tmp_path, tiny_model, fpb_like)
+    with pytest.raises(ValueError) as error:
+        main(["fit", "-c", config, "-c", str(REPO / "callbacks" / "semievol_light.yaml"),
+              "--semievol.warmup_epochs", "0", "--selection.init_args.keep_fraction", "2"])
+    problems = str(error.value).splitlines()[1:]
+    assert problems == ["- semievol.warmup_epochs: must be at least 1 (the student first learns from labeled data), "
+                        "got 0", "- selection.init_args.keep_fraction (θ): must be in (0, 1], got 2.0"]
+
+
 def test_unwritable_log_folder_fails_before_the_model_loads(tmp_path, tiny_model, fpb_like, monkeypatch):
     config = run_config(tmp_path, tiny_model, fpb_like)
     (tmp_path / "runs").write_text("a file where the log folder should be")
