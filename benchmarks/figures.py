@@ -33,6 +33,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
+from jsonargparse import ArgumentParser  # noqa: E402
 
 from semift_lightning import SemiFTDataModule  # noqa: E402
 from semift_lightning.callbacks import EntropySelection, normalized_entropy  # noqa: E402
@@ -59,6 +61,18 @@ def saved_figure(path: Path, legend_size: Optional[int] = None, **axes):
 def unlabeled_gold(data_root: str, task: str) -> dict:
     """Gold answers of ``<data_root>/<task>/unlabeled.csv`` by item id: for diagnostics only."""
     datamodule = SemiFTDataModule(task=task, root=data_root, unlabeled=f"{task}/unlabeled.csv")
+    datamodule.load_split("unlabeled")
+    return datamodule.unlabeled_gold
+
+
+def run_unlabeled_gold(config: str) -> dict:
+    """Gold answers of the unlabeled split a run used, by item id, from the ``data`` section of the ``config.yaml``
+    it saved (for data that is not a TASK/unlabeled.csv file, e.g. a seeded split of one source): for diagnostics
+    only."""
+    parser = ArgumentParser()
+    parser.add_class_arguments(SemiFTDataModule, "data")
+    data = yaml.safe_load(Path(config).read_text())["data"]
+    datamodule = parser.instantiate_classes(parser.parse_object({"data": data})).data
     datamodule.load_split("unlabeled")
     return datamodule.unlabeled_gold
 

@@ -2,6 +2,10 @@
 
     python benchmarks/round_report.py --data-root ../shared/data/semievol [--task arc] \
         runs/NAME/logs/pseudo_labels_round1.jsonl
+    python benchmarks/round_report.py --config runs/NAME/logs/config.yaml runs/NAME/logs/pseudo_labels_round1.jsonl
+
+The second form takes the unlabeled split (and its gold column) from the data section of the run's saved config,
+for data that is not a TASK/unlabeled.csv file (e.g. configs/mmlu.yaml's seeded split of one source).
 
 Prints the pool's pseudo-label accuracy, each view's accuracy and answer mix, how the disputed items were
 resolved (each view's and the final answer's accuracy on them), and the selection's size, accuracy and answer mix.
@@ -12,7 +16,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from figures import accuracy, read_jsonl, unlabeled_gold
+from figures import accuracy, read_jsonl, run_unlabeled_gold, unlabeled_gold
 
 
 def percent(part: float) -> str:
@@ -50,11 +54,13 @@ def report(records: list[dict], gold: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", required=True, help="folder holding TASK/unlabeled.csv")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-root", help="folder holding TASK/unlabeled.csv")
+    source.add_argument("--config", help="a run's saved config.yaml, whose data section names the unlabeled split")
     parser.add_argument("--task", default="fpb", help="task preset and folder name under --data-root")
     parser.add_argument("rounds", nargs="+", metavar="PSEUDO_LABELS_ROUND_JSONL")
     args = parser.parse_args()
-    gold = unlabeled_gold(args.data_root, args.task)
+    gold = run_unlabeled_gold(args.config) if args.config else unlabeled_gold(args.data_root, args.task)
     for path in args.rounds:
         print(f"== {path}")
         print("\n".join(report(read_jsonl(path), gold)))

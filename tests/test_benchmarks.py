@@ -74,6 +74,10 @@ def test_round_report_scores_each_view_the_disputes_and_the_selection(fpb_like, 
     assert "view 1: accuracy 100.0%" in out and "view 2: accuracy 66.7%" in out
     assert "disputed: 10 items; right on them: view 1 100.0%, view 2 0.0%; final answer (self-justification) 50.0%" in out
     assert "selected: 10 (33.3%), accuracy 50.0%" in out
+    config = tmp_path / "config.yaml"  # as a run saves it: the gold comes from its data section
+    config.write_text(yaml.safe_dump({"trainer": {"max_epochs": 1}, "data": {
+        "task": "fpb", "root": str(fpb_like), "unlabeled": "fpb/unlabeled.csv", "sizes": {"unlabeled": None}}}))
+    assert run("round_report.py", "--config", str(config), str(pseudo), cwd=tmp_path / "cwd") == out
 
 
 def test_semievol_vs_sft_runs_the_four_runs_and_matches_semievols_steps(tiny_model, fpb_like, tmp_path):
