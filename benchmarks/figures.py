@@ -14,8 +14,9 @@
    pool), the accuracy of each bin against the unlabeled file's gold column (a diagnostic, never used in training).
 3. kept_accuracy_vs_theta.png: the accuracy of the pseudo-labels that EntropySelection keeps, against θ, pool-wide,
    per answer option in the pool's mix and per answer option in the labeled set's mix (answer_mix="labeled"; the
-   answers of TASK/labeled.csv); the kept answer mix at θ=0.5 is printed for each.
-Each figure's numbers are printed too.
+   labeled answers); the kept answer mix at θ=0.5 is printed for each.
+Each figure's numbers are printed too. ``--config runs/NAME/logs/config.yaml`` instead of ``--data-root`` takes the
+splits from a run's saved config (e.g. configs/mmlu.yaml's seeded split of one source).
 """
 
 from __future__ import annotations
@@ -58,28 +59,34 @@ def saved_figure(path: Path, legend_size: Optional[int] = None, **axes):
     plt.close(fig)
 
 
-def unlabeled_gold(data_root: str, task: str) -> dict:
-    """Gold answers of ``<data_root>/<task>/unlabeled.csv`` by item id: for diagnostics only."""
-    datamodule = SemiFTDataModule(task=task, root=data_root, unlabeled=f"{task}/unlabeled.csv")
-    datamodule.load_split("unlabeled")
-    return datamodule.unlabeled_gold
-
-
-def run_unlabeled_gold(config: str) -> dict:
-    """Gold answers of the unlabeled split a run used, by item id, from the ``data`` section of the ``config.yaml``
-    it saved (for data that is not a TASK/unlabeled.csv file, e.g. a seeded split of one source): for diagnostics
-    only."""
+def benchmark_data(data_root: Optional[str] = None, task: str = "fpb",
+                   config: Optional[str] = None) -> SemiFTDataModule:
+    """The data a run used: ``<data_root>/<task>/{labeled,unlabeled}.csv``, or the ``data`` section of the
+    ``config.yaml`` a run saved (for data that is not such files, e.g. a seeded split of one source)."""
+    if config is None:
+        return SemiFTDataModule(task=task, root=data_root, labeled=f"{task}/labeled.csv",
+                                unlabeled=f"{task}/unlabeled.csv")
     parser = ArgumentParser()
     parser.add_class_arguments(SemiFTDataModule, "data")
     data = yaml.safe_load(Path(config).read_text())["data"]
-    datamodule = parser.instantiate_classes(parser.parse_object({"data": data})).data
+    return parser.instantiate(parser.parse_object({"data": data})).data
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-root", help="folder holding TASK/labeled.csv and TASK/unlabeled.csv")
+    source.add_argument("--config", help="a run's saved config.yaml, whose data section names the splits")
+    parser.add_argument("--task", default="fpb", help="task preset and folder name under --data-root")
+
+
+def unlabeled_gold(datamodule: SemiFTDataModule) -> dict:
+    """Gold answers of the unlabeled split by item id: for diagnostics only."""
     datamodule.load_split("unlabeled")
     return datamodule.unlabeled_gold
 
 
-def labeled_answers(data_root: str, task: str) -> list[str]:
-    """The answers of ``<data_root>/<task>/labeled.csv``, which selection may use."""
-    datamodule = SemiFTDataModule(task=task, root=data_root, labeled=f"{task}/labeled.csv")
+def labeled_answers(datamodule: SemiFTDataModule) -> list[str]:
+    """The answers of the labeled split, which selection may use."""
     return [example.answer for example in datamodule.load_split("labeled")]
 
 
@@ -140,20 +147,20 @@ def named_files(items: list[str]) -> dict[str, list[dict]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", required=True,
-                        help="folder holding TASK/unlabeled.csv (gold for diagnostics) and TASK/labeled.csv")
-    parser.add_argument("--task", default="fpb", help="task preset and folder name under --data-root")
+    add_data_arguments(parser)
     parser.add_argument("--test", action="append", default=[], metavar="NAME=PREDICTIONS_JSONL")
     parser.add_argument("--round", action="append", required=True, metavar="NAME=PSEUDO_LABELS_ROUND_JSONL")
     parser.add_argument("--out", default="benchmarks/figures")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    test_uncertainty(named_files(args.test), out)
-    gold = unlabeled_gold(args.data_root, args.task)
+    if args.test:
+        test_uncertainty(named_files(args.test), out)
+    data = benchmark_data(args.data_root, args.task, args.config)
+    gold = unlabeled_gold(data)
     rounds = named_files(args.round)
     accuracy_by_uncertainty(rounds, gold, out)
-    kept_accuracy_vs_theta(rounds, gold, labeled_answers(args.data_root, args.task), out)
+    kept_accuracy_vs_theta(rounds, gold, labeled_answers(data), out)
     print(f"figures in {out}")
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from figures import accuracy, read_jsonl, run_unlabeled_gold, unlabeled_gold
+from figures import accuracy, add_data_arguments, benchmark_data, read_jsonl, unlabeled_gold
 
 
 def percent(part: float) -> str:
@@ -54,13 +54,10 @@ def report(records: list[dict], gold: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data-root", help="folder holding TASK/unlabeled.csv")
-    source.add_argument("--config", help="a run's saved config.yaml, whose data section names the unlabeled split")
-    parser.add_argument("--task", default="fpb", help="task preset and folder name under --data-root")
+    add_data_arguments(parser)
     parser.add_argument("rounds", nargs="+", metavar="PSEUDO_LABELS_ROUND_JSONL")
     args = parser.parse_args()
-    gold = run_unlabeled_gold(args.config) if args.config else unlabeled_gold(args.data_root, args.task)
+    gold = unlabeled_gold(benchmark_data(args.data_root, args.task, args.config))
     for path in args.rounds:
         print(f"== {path}")
         print("\n".join(report(read_jsonl(path), gold)))

@@ -60,8 +60,8 @@ def test_figures_are_drawn_from_run_files(fpb_like, tmp_path):
 
 def test_round_report_scores_each_view_the_disputes_and_the_selection(fpb_like, tmp_path):
     sys.path.insert(0, str(BENCHMARKS))
-    from figures import unlabeled_gold
-    gold = unlabeled_gold(str(fpb_like), "fpb")
+    from figures import benchmark_data, unlabeled_gold
+    gold = unlabeled_gold(benchmark_data(str(fpb_like), "fpb"))
     wrong = {answer: "ABC"[("ABC".index(answer) + 1) % 3] for answer in "ABC"}
     records = [{"id": key, "view_answers": [answer, wrong[answer] if i < 10 else answer], "unanimous": i >= 10,
                 "disputed": i < 10, "justified": i < 10, "answer": answer if i % 2 else wrong[answer],
