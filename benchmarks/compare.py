@@ -3,21 +3,36 @@
     python benchmarks/compare.py BASELINE_PREDICTIONS.jsonl OTHER_PREDICTIONS.jsonl [...] [--resamples 10000] [--seed 0]
 
 Each file is a ``test_predictions.jsonl`` written by ``semift test``; items are paired by id (the files must hold
-the same ids). A difference whose interval includes zero is reported as "no difference".
+the same ids). A difference whose interval includes zero is reported as "no difference". Under each run: its most
+common prediction and what answering that to every item would score (a run that piled onto one answer scores
+about that much without knowing anything).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
 
 
-def correctness(path: str) -> dict[str, float]:
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_predictions(path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def correctness(rows: list[dict]) -> dict[str, float]:
     return {row["id"]: float(bool(row["correct"])) for row in rows}
+
+
+def answer_pile_up(rows: list[dict]) -> str:
+    """The run's most common prediction, its share, and what answering it to every item would score: a collapse
+    onto one answer shows here."""
+    answer, count = Counter(row["prediction"] for row in rows).most_common(1)[0]
+    constant = sum(row["gold"] == answer for row in rows) / len(rows)
+    return (f"  most common prediction {answer!r} on {count} of {len(rows)} items ({count / len(rows):.1%}); "
+            f"answering {answer!r} to every item would score {constant:.4f}")
 
 
 def interval(values: torch.Tensor, resamples: int, generator: torch.Generator) -> tuple[float, float, float]:
@@ -35,14 +50,17 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    baseline = correctness(args.baseline)
+    baseline_rows = read_predictions(args.baseline)
+    baseline = correctness(baseline_rows)
     ids = sorted(baseline)
     print(f"{len(ids)} paired items, {args.resamples} resamples, seed {args.seed}")
     base = torch.tensor([baseline[i] for i in ids], dtype=torch.float64)
     mean, low, high = interval(base, args.resamples, torch.Generator().manual_seed(args.seed))
     print(f"{args.baseline}: accuracy {mean:.4f} [{low:.4f}, {high:.4f}] (baseline)")
+    print(answer_pile_up(baseline_rows))
     for path in args.others:
-        other = correctness(path)
+        rows = read_predictions(path)
+        other = correctness(rows)
         if sorted(other) != ids:
             raise SystemExit(f"{path}: holds other item ids than {args.baseline}")
         values = torch.tensor([other[i] for i in ids], dtype=torch.float64)
@@ -51,6 +69,7 @@ def main() -> None:
         verdict = "no difference" if dlow <= 0 <= dhigh else ("better" if diff > 0 else "worse")
         print(f"{path}: accuracy {mean:.4f} [{low:.4f}, {high:.4f}]; paired difference {diff:+.4f} "
               f"[{dlow:+.4f}, {dhigh:+.4f}]: {verdict}")
+        print(answer_pile_up(rows))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,28 @@ def test_pseudo_labeling_speed_benchmark_prints_both_rates(tiny_model, fpb_like,
     assert "speed ratio (ours / reference): " in out
 
 
+def test_compare_prints_intervals_paired_differences_and_answer_pile_ups(tmp_path):
+    gold = ["A"] * 12 + ["B"] * 8
+    def predictions(name, predicted):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"id": str(i), "prediction": p, "gold": g, "correct": p == g}) + "\n"
+                                for i, (p, g) in enumerate(zip(predicted, gold))))
+        return str(path)
+    baseline = predictions("sft", gold[:10] + ["B", "B"] + ["A"] * 8)  # right on the first 10 only
+    always_a = predictions("collapsed", ["A"] * 20)
+    (tmp_path / "cwd").mkdir()
+    out = run("compare.py", baseline, always_a, cwd=tmp_path / "cwd").splitlines()
+    low, high = map(float, re.search(r"sft.jsonl: accuracy 0.5000 \[(\S+), (\S+)\] \(baseline\)$", out[1]).groups())
+    assert 0.2 < low < 0.5 < high < 0.8
+    assert out[2] == ("  most common prediction 'A' on 18 of 20 items (90.0%); answering 'A' to every item would "
+                      "score 0.6000")
+    # 2 of 20 items differ: resamples without them (about 12%) put zero inside the interval
+    assert re.search(r"collapsed.jsonl: accuracy 0.6000 \[.*\]; paired difference \+0.1000 \[\+0.0000, \+0.\d+\]: "
+                     r"no difference$", out[3])
+    assert out[4] == ("  most common prediction 'A' on 20 of 20 items (100.0%); answering 'A' to every item would "
+                      "score 0.6000")
+
+
 def test_figures_are_drawn_from_run_files(fpb_like, tmp_path):
     predictions = tmp_path / "test_predictions.jsonl"
     predictions.write_text("".join(json.dumps({"id": str(i), "option_probs": [0.2, 0.5, 0.3], "correct": i % 2 == 0})
