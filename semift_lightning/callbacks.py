@@ -214,17 +214,23 @@ class CollaborativeVoting(SemiEvolStage):
         views: the views; for closed-form tasks each is one forward pass that scores all options.
         self_justification: resolve disagreements with the student; otherwise the majority (ties: least
             uncertain) wins.
+        average_candidate_orders: closed-form tasks: show a dispute's candidates once in each cyclic rotation of
+            option order (each candidate listed first once) and average the option distributions, so that the
+            pick does not hang on which candidate comes first (a small student favours a position). Off: one pass
+            in option order. Free-form answers are generated, not scored, so they always take one pass.
         warmup_epochs: labeled-only epochs before the first round (the same in every SemiEvol callback).
         refresh_every_n_epochs: epochs between rounds.
         rounds: how many pseudo-labeling rounds to run.
     """
 
-    def __init__(self, views: Optional[list[View]] = None, self_justification: bool = True, warmup_epochs: int = 1,
-                 refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
+    def __init__(self, views: Optional[list[View]] = None, self_justification: bool = True,
+                 average_candidate_orders: bool = True, warmup_epochs: int = 1, refresh_every_n_epochs: int = 1,
+                 rounds: int = 1) -> None:
         views = _as_views(views)
         super().__init__(warmup_epochs, refresh_every_n_epochs, rounds, views=views)
         self.views = views
         self.self_justification = self_justification
+        self.average_candidate_orders = average_candidate_orders
 
     @classmethod
     def argument_problems(cls, views: Optional[list] = None, **schedule: Any) -> list[str]:
@@ -270,8 +276,7 @@ class CollaborativeVoting(SemiEvolStage):
                 disputed[example.id] = _candidates(task, example, votes)
             records.append(record)
         if disputed:
-            chosen = _map_pool(trainer, datamodule, "unlabeled", [e for e in pool if e.id in disputed],
-                               _answerer(module, task, View()), "self-justification", candidates=disputed)
+            chosen = self.justify(trainer, module, datamodule, pool, disputed)
             for record in records:
                 if record["id"] in chosen:
                     vote = chosen[record["id"]]
@@ -279,6 +284,21 @@ class CollaborativeVoting(SemiEvolStage):
         for record in records:
             record["agreement"] = sum(v == record["answer"] for v in record["view_answers"]) / len(self.views)
         return records
+
+    def justify(self, trainer, module, datamodule, pool, disputed: dict[str, list[str]]) -> dict[str, dict]:
+        """The student's pick among each disputed item's candidates (listed as given, or averaged over their
+        cyclic rotations): one vote per item id."""
+        task = datamodule.task
+        orders = max(map(len, disputed.values())) if task.closed_form and self.average_candidate_orders else 1
+        passes = []
+        for shift in range(orders):
+            shown = {key: c[shift:] + c[:shift] for key, c in disputed.items() if shift < len(c)}
+            description = "self-justification" + (f" {shift + 1}/{orders}" if orders > 1 else "")
+            passes.append(_map_pool(trainer, datamodule, "unlabeled", [e for e in pool if e.id in shown],
+                                    _answerer(module, task, View()), description, candidates=shown))
+        if orders == 1:
+            return passes[0]
+        return {key: _mean_vote([p[key] for p in passes if key in p]) for key in disputed}
 
 
 class EntropySelection(SemiEvolStage):
@@ -492,15 +512,25 @@ def _combine(task, example: Example, votes: list[dict]) -> dict:
         return {**record, "answer": None, "uncertainty": math.inf}
     best = max(groups, key=lambda g: (len(g), -sum(v["uncertainty"] for v in g) / len(g)))
     if task.closed_form:
-        uncertainty = normalized_entropy(torch.tensor([v["probs"] for v in answered]).mean(0))
+        uncertainty = _mean_vote(answered)["uncertainty"]
     else:
         uncertainty = sum(v["uncertainty"] for v in best) / len(best)
     return {**record, "answer": best[0]["answer"], "uncertainty": uncertainty}
 
 
+def _mean_vote(votes: list[dict]) -> dict:
+    """One closed-form vote from several: the mean option distribution of those that answered, its most likely
+    option and normalised entropy."""
+    answered = [v["probs"] for v in votes if v["answer"] is not None]
+    if not answered:
+        return {"answer": None, "probs": [], "uncertainty": math.inf}
+    probs = torch.tensor(answered).mean(0)
+    return {"answer": LETTERS[int(probs.argmax())], "probs": probs.tolist(), "uncertainty": normalized_entropy(probs)}
+
+
 def _candidates(task, example: Example, votes: list[dict]) -> list[str]:
-    """The distinct answers of a dispute as self-justification shows them; closed-form ones in option order, so
-    that no view is favoured by being listed first (a small student tends to pick the first)."""
+    """The distinct answers of a dispute as self-justification shows them; closed-form ones in option order (the
+    order ``CollaborativeVoting.justify`` rotates), so that no view is favoured by being listed first."""
     distinct = [group[0] for group in _group_votes(task, example, votes)]
     if task.closed_form:
         distinct.sort(key=lambda vote: LETTERS.index(vote["answer"]))

@@ -102,6 +102,33 @@ def test_round_report_scores_each_view_the_disputes_and_the_selection(fpb_like, 
     assert run("round_report.py", "--config", str(config), str(pseudo), cwd=tmp_path / "cwd") == out
 
 
+def test_justification_order_replays_a_rounds_disputes_with_its_checkpoint(tiny_model, fpb_like, tmp_path):
+    import lightning as L
+    from semift_lightning import SemiFTDataModule, SemiFTModule
+    from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation, View
+    L.seed_everything(7)
+    module = SemiFTModule(model=tiny_model, optimizer={"lr": 0.01}, lora={"r": 8})
+    datamodule = SemiFTDataModule(task="fpb", root=str(fpb_like), labeled="fpb/labeled.csv",
+                                  unlabeled="fpb/unlabeled.csv", batch_size=4, eval_batch_size=8, max_length=256)
+    stages = [InContextPropagation(k=2), CollaborativeVoting(views=[View(k=2), View(k=0), View(adapter="base")]),
+              EntropySelection(keep_fraction=0.5, per_answer=True)]
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(tmp_path / "ckpt", save_top_k=-1)
+    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=L.pytorch.loggers.TensorBoardLogger(
+        tmp_path, name="logs", version=""), enable_progress_bar=False, callbacks=[*stages, checkpoints])
+    trainer.fit(module, datamodule)
+    (tmp_path / "cwd").mkdir()
+    out = run("justification_order.py", "--data-root", str(fpb_like), "--checkpoint",
+              str(tmp_path / "ckpt" / "epoch=0-step=6.ckpt"), str(tmp_path / "logs" / "pseudo_labels_round1.jsonl"),
+              cwd=tmp_path / "cwd")
+    disputed = int(re.search(r": 30 items, (\d+) disputed", out).group(1))
+    assert disputed > 0
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ")}
+    assert list(rows)[1:] == ["view order", "option order", "reverse option order", "averaged over rotations"]
+    assert rows["averaged over rotations"][1].strip() == "100.0%"  # the round's own way, the round's own weights
+    kept = [int(row[4].split()[0]) for name, row in rows.items() if name != "candidates listed"]
+    assert kept and all(0 < k < 30 for k in kept)
+
+
 def test_semievol_vs_sft_runs_the_four_runs_and_matches_semievols_steps(tiny_model, fpb_like, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({

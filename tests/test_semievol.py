@@ -168,6 +168,38 @@ def test_self_justification_lists_each_proposed_answer_once_in_option_order():
     assert _candidates(get_preset("fpb").task, example, votes) == ["A. negative", "C. positive"]
 
 
+def test_self_justification_averages_the_student_over_every_rotation_of_the_candidates(monkeypatch):
+    from types import SimpleNamespace
+    from semift_lightning import callbacks
+    from semift_lightning.records import Example
+    from semift_lightning.tasks import get_preset
+    shown = []
+
+    def first_listed_wins(trainer, datamodule, split, examples, fn, description, candidates):
+        """A student that gives the candidate listed first 0.6, the one listed second 0.3, the rest 0.1."""
+        shown.append(candidates)
+        votes = {}
+        for example in examples:
+            letters = [c[0] for c in candidates[example.id]]
+            probs = [0.6 if letter == letters[0] else 0.3 if letter == letters[1] else 0.1 for letter in "ABC"]
+            votes[example.id] = {"answer": letters[0], "probs": probs, "uncertainty": 0.5}
+        return votes
+    monkeypatch.setattr(callbacks, "_map_pool", first_listed_wins)
+    pool = [Example(i, "q", None, ("negative", "neutral", "positive")) for i in ("two", "three")]
+    disputed = {"two": ["A. negative", "C. positive"], "three": ["A. negative", "B. neutral", "C. positive"]}
+    datamodule = SimpleNamespace(task=get_preset("fpb").task)
+
+    picks = CollaborativeVoting(average_candidate_orders=False).justify(None, None, datamodule, pool, disputed)
+    assert shown == [disputed] and picks["two"]["answer"] == "A"  # one pass: the first listed wins
+
+    shown.clear()
+    picks = CollaborativeVoting().justify(None, None, datamodule, pool, disputed)
+    assert shown == [disputed, {"two": ["C. positive", "A. negative"], "three": ["B. neutral", "C. positive", "A. negative"]},
+                     {"three": ["C. positive", "A. negative", "B. neutral"]}]
+    assert picks["two"]["probs"] == pytest.approx([0.45, 0.1, 0.45])
+    assert picks["three"]["probs"] == pytest.approx([1 / 3] * 3) and picks["three"]["uncertainty"] == pytest.approx(1.0)
+
+
 class TrainingPrompts(L.Callback):
     """Records the decoded training prompts of each epoch."""
 

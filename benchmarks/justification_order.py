@@ -1,0 +1,120 @@
+"""Self-justification against the order its candidates are listed in, replayed on a finished round.
+
+    python benchmarks/justification_order.py --data-root ../shared/data/semievol \
+        --checkpoint runs/NAME/logs/checkpoints/every-epoch=2.ckpt runs/NAME/logs/pseudo_labels_round1.jsonl
+
+The checkpoint must be the one saved at the end of the round's epoch (the round does not change the weights, so it
+holds the student the round used; the fit needs an extra ``ModelCheckpoint`` with ``save_top_k: -1`` to keep it).
+The round's disputed items (the views' answers in the JSONL) are shown to that student with their candidates in
+view order, in option order, in reverse option order, and averaged over every rotation of option order
+(``CollaborativeVoting``'s default). For each the script prints the accuracy on the disputes and on the whole pool,
+and what the round's selection (θ and per-answer as given) would keep, all against the gold column of the
+unlabeled file (a diagnostic: nothing here trains). Scoring is deterministic; no seed is drawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections import Counter
+
+import lightning as L
+import torch
+
+from figures import accuracy, add_data_arguments, benchmark_data, labeled_answers, read_jsonl, unlabeled_gold
+from measure import machine
+from semift_lightning import SemiFTModule
+from semift_lightning.callbacks import CollaborativeVoting, EntropySelection
+from semift_lightning.cli import default_precision
+from semift_lightning.parsing import LETTERS
+
+
+def listed(records: list[dict], order: str) -> dict[str, list[str]]:
+    """Each record's distinct view answers (letters) in view order, option order or reverse option order."""
+    letters = {r["id"]: list(dict.fromkeys(a for a in r["view_answers"] if a is not None)) for r in records}
+    if order == "view":
+        return letters
+    return {key: sorted(found, key=LETTERS.index, reverse=order == "reverse") for key, found in letters.items()}
+
+
+class Replay(L.Callback):
+    """Before the first step: load the checkpoint's adapter and justify the round's disputes every way."""
+
+    def __init__(self, checkpoint: dict, records: list[dict]) -> None:
+        self.checkpoint, self.records, self.picks = checkpoint, records, {}
+
+    def on_train_start(self, trainer, module) -> None:
+        module.on_load_checkpoint(self.checkpoint)
+        module.load_state_dict(self.checkpoint["state_dict"], strict=False)
+        datamodule = trainer.datamodule
+        disputed = [r for r in self.records if r["disputed"]]
+        pool = [e for e in datamodule.load_split("unlabeled") if e.id in {r["id"] for r in disputed}]
+        examples = {e.id: e for e in pool}
+        ways = {"view order": ("view", False), "option order": ("option", False),
+                "reverse option order": ("reverse", False), "averaged over rotations": ("option", True)}
+        module.eval()
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            for name, (order, average) in ways.items():
+                candidates = {key: [datamodule.task.proposed_answer(examples[key], letter) for letter in letters]
+                              for key, letters in listed(disputed, order).items()}
+                voting = CollaborativeVoting(average_candidate_orders=average)
+                self.picks[name] = voting.justify(trainer, module, datamodule, pool, candidates)
+        trainer.should_stop = True
+
+
+def replayed(records: list[dict], picks: dict[str, dict]) -> list[dict]:
+    """The round's records with the disputes resolved by ``picks``, selection cleared."""
+    out = []
+    for record in records:
+        pick = picks.get(record["id"])
+        record = {**record, **({"answer": pick["answer"], "uncertainty": pick["uncertainty"]} if pick else {})}
+        out.append({**record, "selected": record["answer"] is not None and math.isfinite(record["uncertainty"])})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_data_arguments(parser)
+    parser.add_argument("--checkpoint", required=True,
+                        help="the fit's checkpoint from the end of the round's epoch (it names the model)")
+    parser.add_argument("--eval-batch-size", type=int, default=32)
+    parser.add_argument("--keep-fraction", type=float, default=0.5, help="θ of the replayed selection")
+    parser.add_argument("--answer-mix", choices=["pool", "labeled"], default="pool",
+                        help="the replayed per-answer selection's answer mix")
+    parser.add_argument("round", metavar="PSEUDO_LABELS_ROUND_JSONL")
+    args = parser.parse_args()
+    records = read_jsonl(args.round)
+    if not any(r["disputed"] for r in records):
+        raise SystemExit(f"{args.round}: no disputed items, nothing to justify")
+    datamodule = benchmark_data(args.data_root, args.task, args.config)
+    datamodule.eval_batch_size = args.eval_batch_size
+    gold, labeled = unlabeled_gold(datamodule), labeled_answers(datamodule)
+    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    module = SemiFTModule(**{**checkpoint["hyper_parameters"], "optimizer": {"lr": 1e-12}})  # model and LoRA shape
+    replay = Replay(checkpoint, records)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, precision=default_precision(), logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                        callbacks=[replay])
+    trainer.fit(module, datamodule)
+
+    disputed = [r for r in records if r["disputed"]]
+    recorded = {r["id"]: r["answer"] for r in disputed}
+    selection = EntropySelection(keep_fraction=args.keep_fraction, per_answer=True, answer_mix=args.answer_mix)
+    print(f"machine: {machine()}; {args.round}: {len(records)} items, "
+          f"{len(disputed)} disputed; selection θ={args.keep_fraction} per answer, answer mix {args.answer_mix}")
+    print("| candidates listed | right on disputes | same pick as the round | picks | pool accuracy | selected "
+          "(accuracy) |")
+    print("|---|---|---|---|---|---|")
+    for name, picks in replay.picks.items():
+        answers = [{"id": key, "answer": vote["answer"]} for key, vote in picks.items()]
+        same = sum(vote["answer"] == recorded[key] for key, vote in picks.items()) / len(picks)
+        pool = replayed(records, picks)
+        selection.select(pool, labeled)
+        kept = [r for r in pool if r["selected"]]
+        mix = dict(sorted(Counter(str(a["answer"]) for a in answers).items()))
+        print(f"| {name} | {accuracy(answers, gold):.1%} | {same:.1%} | {mix} | {accuracy(pool, gold):.1%} | "
+              f"{len(kept)} ({accuracy(kept, gold):.1%}) |")
+
+
+if __name__ == "__main__":
+    main()
