@@ -125,8 +125,9 @@ class SemiFTDataModule(L.LightningDataModule):
         view_prompt_fraction: fraction of training items shown in the prompt forms of a pseudo-labeling round
             instead of the plain prompt, so that the student is trained on the prompts its views read: half of them
             with ``view_prompt_demonstrations`` other labeled items as demonstrations, and (closed-form tasks) half
-            with proposed answers as self-justification lists them (the gold one and another option, in option
-            order). Drawn with the seed and the epoch; when on, the train dataloader is rebuilt every epoch.
+            with proposed answers as self-justification lists them (the gold one and another option, in a drawn
+            order: self-justification shows both). Drawn with the seed and the epoch; when on, the train
+            dataloader is rebuilt every epoch.
         view_prompt_demonstrations: demonstrations in the demonstration form of ``view_prompt_fraction``.
     """
 
@@ -332,7 +333,7 @@ class SemiFTDataModule(L.LightningDataModule):
         for example in with_candidates:
             other = rng.choice([letter for letter in LETTERS[:len(example.options)] if letter != example.answer])
             candidates[example.id] = [self.task.proposed_answer(example, answer)
-                                      for answer in sorted((example.answer, other), key=LETTERS.index)]
+                                      for answer in rng.sample((example.answer, other), 2)]
         return {"demonstrations": demonstrations, "candidates": candidates}
 
     # ----- pseudo-labels ---------------------------------------------------------------------------------------------

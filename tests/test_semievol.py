@@ -232,12 +232,17 @@ def test_view_prompt_fraction_trains_on_demonstration_and_proposed_answer_prompt
     labeled = datamodule.load_split("labeled")
     forms = datamodule.view_prompts("labeled", labeled)
     assert forms == datamodule.view_prompts("labeled", labeled)  # the same on every rank
+    in_option_order = []
     for example in labeled:
         demonstrations = forms["demonstrations"].get(example.id, [])
         assert example.id not in {demo.id for demo in demonstrations} and len(demonstrations) in (0, 2)
         if example.id in forms["candidates"]:
             shown = forms["candidates"][example.id]
-            assert len(shown) == 2 and shown == sorted(shown) and f"{example.answer}. " in "".join(shown)
+            assert len(shown) == 2 and len(set(shown)) == 2 and f"{example.answer}. " in "".join(shown)
+            in_option_order.append(shown == sorted(shown))
+    pseudo_forms = datamodule.view_prompts("pseudo", labeled)
+    in_option_order += [shown == sorted(shown) for shown in pseudo_forms["candidates"].values()]
+    assert len(set(in_option_order)) == 2  # both orders, as self-justification shows both
     with pytest.raises(ValueError, match=r"view_prompt_fraction: must be in \[0, 1\], got 1.5(.|\n)*"
                                          r"view_prompt_demonstrations: must be at least 1, got 0"):
         SemiFTDataModule(task="fpb", view_prompt_fraction=1.5, view_prompt_demonstrations=0)
