@@ -61,6 +61,8 @@ class SemiFTCLI(LightningCLI):
         parser.add_class_arguments(SemiEvolSchedule, "semievol")
 
     def instantiate_trainer(self, **kwargs):
+        if self.subcommand not in (None, "fit"):  # a test into a fit's folder keeps the fit's config.yaml
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"{self.subcommand}_config.yaml"}
         keys = self._parser(self.subcommand).callback_keys
         extra = [callback for callback in (self._get(self.config_init, key) for key in keys) if callback is not None]
         trainer = self._instantiate_trainer({**self._get(self.config_init, "trainer", default={}), **kwargs}, extra)

@@ -74,7 +74,7 @@ def test_fit_then_test_round_trip(tmp_path, tiny_model, fpb_like):
     config = run_config(tmp_path, tiny_model, fpb_like)
     main(["test", "-c", config])
     vanilla, _ = read_summary(tmp_path)
-    main(["fit", "-c", config])
+    main(["fit", "-c", config, "--trainer.log_every_n_steps", "7"])
     checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert checkpoint["state_dict"] and all("lora_" in key for key in checkpoint["state_dict"])
     assert checkpoint["global_step"] == 3 * 6
@@ -88,6 +88,9 @@ def test_fit_then_test_round_trip(tmp_path, tiny_model, fpb_like):
     assert first["count"] == 12 and len(first_rows.splitlines()) == 12
     assert first["accuracy"] > vanilla["accuracy"]  # the synthetic task is learnable
     assert list((tmp_path / "runs" / "logs").glob("events.out.tfevents*"))
+    saved = {path.name: yaml.safe_load(path.read_text()) for path in (tmp_path / "runs" / "logs").glob("*config.yaml")}
+    assert sorted(saved) == ["config.yaml", "predict_config.yaml", "test_config.yaml"]
+    assert saved["config.yaml"]["trainer"]["log_every_n_steps"] == 7  # the fit's, not overwritten by a later test
 
 
 def test_export_and_merge(tmp_path, tiny_model, fpb_like):
