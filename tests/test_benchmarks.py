@@ -102,7 +102,9 @@ def test_round_report_scores_each_view_the_disputes_and_the_selection(fpb_like, 
     assert run("round_report.py", "--config", str(config), str(pseudo), cwd=tmp_path / "cwd") == out
 
 
-def test_justification_order_replays_a_rounds_disputes_with_its_checkpoint(tiny_model, fpb_like, tmp_path):
+def semievol_fit(tiny_model, fpb_like, tmp_path, epochs=1, **fit):
+    """A one-round SemiEvol fit of the tiny model that keeps every epoch's checkpoint in ``tmp_path/ckpt``; returns
+    the training-set size of each epoch."""
     import lightning as L
     from semift_lightning import SemiFTDataModule, SemiFTModule
     from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation, View
@@ -112,10 +114,18 @@ def test_justification_order_replays_a_rounds_disputes_with_its_checkpoint(tiny_
                                   unlabeled="fpb/unlabeled.csv", batch_size=4, eval_batch_size=8, max_length=256)
     stages = [InContextPropagation(k=2), CollaborativeVoting(views=[View(k=2), View(k=0), View(adapter="base")]),
               EntropySelection(keep_fraction=0.5, per_answer=True)]
+    sizes = []
+    record_size = L.pytorch.callbacks.LambdaCallback(
+        on_train_epoch_start=lambda trainer, _: sizes.append(len(trainer.train_dataloader.dataset)))
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(tmp_path / "ckpt", save_top_k=-1)
-    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=L.pytorch.loggers.TensorBoardLogger(
-        tmp_path, name="logs", version=""), enable_progress_bar=False, callbacks=[*stages, checkpoints])
-    trainer.fit(module, datamodule)
+    trainer = L.Trainer(max_epochs=epochs, default_root_dir=tmp_path, logger=L.pytorch.loggers.TensorBoardLogger(
+        tmp_path, name="logs", version=""), enable_progress_bar=False, callbacks=[*stages, record_size, checkpoints])
+    trainer.fit(module, datamodule, **fit)
+    return sizes
+
+
+def test_justification_order_replays_a_rounds_disputes_with_its_checkpoint(tiny_model, fpb_like, tmp_path):
+    semievol_fit(tiny_model, fpb_like, tmp_path)
     (tmp_path / "cwd").mkdir()
     out = run("justification_order.py", "--data-root", str(fpb_like), "--checkpoint",
               str(tmp_path / "ckpt" / "epoch=0-step=6.ckpt"), str(tmp_path / "logs" / "pseudo_labels_round1.jsonl"),
@@ -127,6 +137,24 @@ def test_justification_order_replays_a_rounds_disputes_with_its_checkpoint(tiny_
     assert rows["averaged over rotations"][1].strip() == "100.0%"  # the round's own way, the round's own weights
     kept = [int(row[4].split()[0]) for name, row in rows.items() if name != "candidates listed"]
     assert kept and all(0 < k < 30 for k in kept)
+
+
+def test_reselected_checkpoint_resumes_on_the_new_selection(tiny_model, fpb_like, tmp_path):
+    semievol_fit(tiny_model, fpb_like, tmp_path)
+    round_end = tmp_path / "ckpt" / "epoch=0-step=6.ckpt"
+    original = round_end.read_bytes()
+    (tmp_path / "cwd").mkdir()
+    kept = {}
+    for theta in ("1.0", "0.25"):
+        out = run("reselect_checkpoint.py", "--data-root", str(fpb_like), "--keep-fraction", theta, str(round_end),
+                  str(tmp_path / f"theta{theta}.ckpt"), cwd=tmp_path / "cwd")
+        before, kept[theta] = map(int, re.search(r"30 items, (\d+) selected; .* (\d+) selected$", out).groups())
+    assert round_end.read_bytes() == original
+    answered = [r for r in torch.load(round_end, weights_only=True)["SemiFTDataModule"]["pseudo_labels"]
+                if r["answer"] is not None]
+    assert kept["1.0"] == len(answered) > before > kept["0.25"] > 0
+    sizes = semievol_fit(tiny_model, fpb_like, tmp_path / "resumed", epochs=2, ckpt_path=tmp_path / "theta1.0.ckpt")
+    assert sizes == [24 + kept["1.0"]]  # the finished round is not recomputed; its new selection trains
 
 
 def test_semievol_vs_sft_runs_the_four_runs_and_matches_semievols_steps(tiny_model, fpb_like, tmp_path):
