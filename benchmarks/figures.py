@@ -15,6 +15,9 @@
 3. kept_accuracy_vs_theta.png: the accuracy of the pseudo-labels that EntropySelection keeps, against θ, pool-wide,
    per answer option in the pool's mix and per answer option in the labeled set's mix (answer_mix="labeled"; the
    labeled answers); the kept answer mix at θ=0.5 is printed for each.
+4. test_accuracy_vs_theta.png (with ``--theta-test θ=PREDICTIONS_JSONL``, once per θ; ``--test`` runs are drawn as
+   horizontal references): test accuracy of runs that differ only in θ, with 95% bootstrap intervals (compare.py's,
+   seed 0).
 Each figure's numbers are printed too. ``--config runs/NAME/logs/config.yaml`` instead of ``--data-root`` takes the
 splits from a run's saved config (e.g. configs/mmlu.yaml's seeded split of one source).
 """
@@ -37,6 +40,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from jsonargparse import ArgumentParser  # noqa: E402
 
+from compare import interval  # noqa: E402
 from semift_lightning import SemiFTDataModule  # noqa: E402
 from semift_lightning.callbacks import EntropySelection, normalized_entropy  # noqa: E402
 
@@ -141,6 +145,25 @@ def kept_accuracy_vs_theta(rounds: dict[str, list[dict]], gold: dict, labeled: l
                 ax.plot(THETAS, accuracies, marker="o", linestyle=linestyle, label=f"{name}, {mode}")
 
 
+def test_accuracy_vs_theta(runs: dict[str, list[dict]], references: dict[str, list[dict]], out: Path) -> None:
+    def accuracy_interval(records: list[dict]) -> tuple[float, float, float]:
+        correct = torch.tensor([float(bool(r["correct"])) for r in records], dtype=torch.float64)
+        return interval(correct, 10000, torch.Generator().manual_seed(0))
+    with saved_figure(out / "test_accuracy_vs_theta.png", legend_size=7, xlabel="θ (fraction kept)",
+                      ylabel="test accuracy", title="Test accuracy against θ") as ax:
+        thetas = sorted(runs, key=float)
+        points = [accuracy_interval(runs[theta]) for theta in thetas]
+        for theta, (mean, low, high) in zip(thetas, points):
+            print(f"test accuracy at θ={theta}: {mean:.4f} [{low:.4f}, {high:.4f}]")
+        ax.errorbar([float(t) for t in thetas], [m for m, _, _ in points],
+                    yerr=[[m - lo for m, lo, _ in points], [hi - m for m, _, hi in points]], marker="o", capsize=3,
+                    label="SemiEvol, θ as marked")
+        for name, records in references.items():
+            level = accuracy_interval(records)[0]
+            ax.axhline(level, linestyle=":", color="grey")
+            ax.annotate(name, (0.0, level), xycoords=("axes fraction", "data"), fontsize=7)
+
+
 def named_files(items: list[str]) -> dict[str, list[dict]]:
     return {name: read_jsonl(path) for name, path in (item.split("=", 1) for item in items)}
 
@@ -150,12 +173,15 @@ def main() -> None:
     add_data_arguments(parser)
     parser.add_argument("--test", action="append", default=[], metavar="NAME=PREDICTIONS_JSONL")
     parser.add_argument("--round", action="append", required=True, metavar="NAME=PSEUDO_LABELS_ROUND_JSONL")
+    parser.add_argument("--theta-test", action="append", default=[], metavar="THETA=PREDICTIONS_JSONL")
     parser.add_argument("--out", default="benchmarks/figures")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.test:
         test_uncertainty(named_files(args.test), out)
+    if args.theta_test:
+        test_accuracy_vs_theta(named_files(args.theta_test), named_files(args.test), out)
     data = benchmark_data(args.data_root, args.task, args.config)
     gold = unlabeled_gold(data)
     rounds = named_files(args.round)
