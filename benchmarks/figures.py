@@ -6,7 +6,13 @@
         --test SemiEvol-light=runs/fpb_semievol3/logs/test_predictions.jsonl \
         --test "self-training + AS=runs/fpb_selftrain_as/logs/test_predictions.jsonl" \
         --round SemiEvol-light=runs/fpb_semievol3/logs/pseudo_labels_round1.jsonl \
-        --round "self-training + AS=runs/fpb_selftrain_as/logs/pseudo_labels_round1.jsonl"
+        --round "self-training + AS=runs/fpb_selftrain_as/logs/pseudo_labels_round1.jsonl" \
+        --theta-test 0.3=runs/fpb_light_avg_theta0.3/logs/test_predictions.jsonl \
+        --theta-test 0.5=runs/fpb_light_avg/logs/test_predictions.jsonl \
+        --theta-test 0.7=runs/fpb_light_avg_theta0.7/logs/test_predictions.jsonl \
+        --theta-test 1.0=runs/fpb_light_avg_theta1.0/logs/test_predictions.jsonl \
+        --theta-reference "SFT 313 steps=runs/fpb_sft313/logs/test_predictions.jsonl" \
+        --theta-reference "SFT 398 steps=runs/fpb_sft398/logs/test_predictions.jsonl"
 
 1. test_uncertainty.png: the normalised entropy of each run's option distribution on the test items (the paper's
    Figure 4 idea: does SemiEvol leave the model more certain?), with each run's accuracy.
@@ -15,9 +21,9 @@
 3. kept_accuracy_vs_theta.png: the accuracy of the pseudo-labels that EntropySelection keeps, against θ, pool-wide,
    per answer option in the pool's mix and per answer option in the labeled set's mix (answer_mix="labeled"; the
    labeled answers); the kept answer mix at θ=0.5 is printed for each.
-4. test_accuracy_vs_theta.png (with ``--theta-test θ=PREDICTIONS_JSONL``, once per θ; ``--test`` runs are drawn as
-   horizontal references): test accuracy of runs that differ only in θ, with 95% bootstrap intervals (compare.py's,
-   seed 0).
+4. test_accuracy_vs_theta.png (with ``--theta-test θ=PREDICTIONS_JSONL``, once per θ, and optional
+   ``--theta-reference NAME=PREDICTIONS_JSONL`` runs drawn as horizontal lines): test accuracy of runs that differ
+   only in θ, with 95% bootstrap intervals (compare.py's, seed 0).
 Each figure's numbers are printed too. ``--config runs/NAME/logs/config.yaml`` instead of ``--data-root`` takes the
 splits from a run's saved config (e.g. configs/mmlu.yaml's seeded split of one source).
 """
@@ -174,6 +180,7 @@ def main() -> None:
     parser.add_argument("--test", action="append", default=[], metavar="NAME=PREDICTIONS_JSONL")
     parser.add_argument("--round", action="append", required=True, metavar="NAME=PSEUDO_LABELS_ROUND_JSONL")
     parser.add_argument("--theta-test", action="append", default=[], metavar="THETA=PREDICTIONS_JSONL")
+    parser.add_argument("--theta-reference", action="append", default=[], metavar="NAME=PREDICTIONS_JSONL")
     parser.add_argument("--out", default="benchmarks/figures")
     args = parser.parse_args()
     out = Path(args.out)
@@ -181,7 +188,7 @@ def main() -> None:
     if args.test:
         test_uncertainty(named_files(args.test), out)
     if args.theta_test:
-        test_accuracy_vs_theta(named_files(args.theta_test), named_files(args.test), out)
+        test_accuracy_vs_theta(named_files(args.theta_test), named_files(args.theta_reference), out)
     data = benchmark_data(args.data_root, args.task, args.config)
     gold = unlabeled_gold(data)
     rounds = named_files(args.round)
