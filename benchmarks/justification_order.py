@@ -15,7 +15,6 @@ unlabeled file (a diagnostic: nothing here trains). Scoring is deterministic; no
 from __future__ import annotations
 
 import argparse
-import math
 from collections import Counter
 
 import lightning as L
@@ -24,7 +23,7 @@ import torch
 from figures import accuracy, add_data_arguments, benchmark_data, labeled_answers, read_jsonl, unlabeled_gold
 from measure import machine
 from semift_lightning import SemiFTModule
-from semift_lightning.callbacks import CollaborativeVoting, EntropySelection
+from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, selectable
 from semift_lightning.cli import default_precision
 from semift_lightning.parsing import LETTERS
 
@@ -68,7 +67,7 @@ def replayed(records: list[dict], picks: dict[str, dict]) -> list[dict]:
     for record in records:
         pick = picks.get(record["id"])
         record = {**record, **({"answer": pick["answer"], "uncertainty": pick["uncertainty"]} if pick else {})}
-        out.append({**record, "selected": record["answer"] is not None and math.isfinite(record["uncertainty"])})
+        out.append({**record, "selected": selectable(record)})
     return out
 
 

@@ -373,6 +373,11 @@ class EntropySelection(SemiEvolStage):
         return max(thresholds, default=None)
 
 
+def selectable(record: dict) -> bool:
+    """Whether a pseudo-label record can be selected at all: it has an answer and a finite uncertainty."""
+    return record["answer"] is not None and math.isfinite(record["uncertainty"])
+
+
 def run_round(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, stages: list[SemiEvolStage],
               index: int) -> dict:
     """Propagate, label and select on the unlabeled pool; hand the records to the DataModule; log the round."""
@@ -395,7 +400,7 @@ def run_round(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, st
     finally:
         module.train(was_training)
     for record in records:
-        record.update(round=index, selected=record["answer"] is not None and math.isfinite(record["uncertainty"]))
+        record.update(round=index, selected=selectable(record))
     labeled_answers = [example.answer for example in datamodule.load_split("labeled")]
     threshold = selection.select(records, labeled_answers) if selection else None
     datamodule.set_pseudo_labels(records, index)
