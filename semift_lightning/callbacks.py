@@ -351,7 +351,7 @@ class EntropySelection(SemiEvolStage):
 
         ``labeled_answers``: the labeled set's gold answers, which ``answer_mix="labeled"`` needs.
         """
-        answered = [r for r in records if r["answer"] is not None and math.isfinite(r["uncertainty"])]
+        answered = [r for r in records if selectable(r)]
         groups: dict[Optional[str], list[dict]] = {}
         for record in answered:
             groups.setdefault(record["answer"] if self.per_answer else None, []).append(record)
