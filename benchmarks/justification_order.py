@@ -23,7 +23,7 @@ import torch
 from figures import accuracy, add_data_arguments, benchmark_data, labeled_answers, read_jsonl, unlabeled_gold
 from measure import machine
 from semift_lightning import SemiFTModule
-from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, selectable
+from semift_lightning.callbacks import CollaborativeVoting, EntropySelection
 from semift_lightning.cli import default_precision
 from semift_lightning.parsing import LETTERS
 
@@ -62,13 +62,9 @@ class Replay(L.Callback):
 
 
 def replayed(records: list[dict], picks: dict[str, dict]) -> list[dict]:
-    """The round's records with the disputes resolved by ``picks``, selection cleared."""
-    out = []
-    for record in records:
-        pick = picks.get(record["id"])
-        record = {**record, **({"answer": pick["answer"], "uncertainty": pick["uncertainty"]} if pick else {})}
-        out.append({**record, "selected": selectable(record)})
-    return out
+    """Copies of the round's records, the disputes' answers and uncertainties taken from ``picks``."""
+    picked = {key: {"answer": pick["answer"], "uncertainty": pick["uncertainty"]} for key, pick in picks.items()}
+    return [{**record, **picked.get(record["id"], {})} for record in records]
 
 
 def main() -> None:

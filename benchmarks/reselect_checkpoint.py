@@ -19,7 +19,7 @@ import argparse
 import torch
 
 from figures import add_data_arguments, benchmark_data, labeled_answers
-from semift_lightning.callbacks import EntropySelection, selectable
+from semift_lightning.callbacks import EntropySelection
 from semift_lightning.io import atomic_write
 
 
@@ -37,8 +37,6 @@ def main() -> None:
     if not records:
         raise SystemExit(f"{args.checkpoint}: holds no pseudo-labels; pass the checkpoint of a round's epoch")
     before = sum(r["selected"] for r in records)
-    for record in records:
-        record["selected"] = selectable(record)
     selection = EntropySelection(keep_fraction=args.keep_fraction, per_answer=True, answer_mix=args.answer_mix)
     selection.select(records, labeled_answers(benchmark_data(args.data_root, args.task, args.config)))
     atomic_write(args.out, lambda handle: torch.save(checkpoint, handle), binary=True)

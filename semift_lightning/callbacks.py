@@ -347,10 +347,13 @@ class EntropySelection(SemiEvolStage):
                              f"has free-form answers")
 
     def select(self, records: list[dict], labeled_answers: Sequence[str] = ()) -> Optional[float]:
-        """Marks the kept records; returns the threshold (with ``per_answer``, the largest of the answers').
+        """Sets every record's ``selected`` flag (a record without an answer or with an infinite uncertainty is
+        never kept); returns the threshold (with ``per_answer``, the largest of the answers').
 
         ``labeled_answers``: the labeled set's gold answers, which ``answer_mix="labeled"`` needs.
         """
+        for record in records:
+            record["selected"] = False
         answered = [r for r in records if selectable(r)]
         groups: dict[Optional[str], list[dict]] = {}
         for record in answered:
@@ -367,9 +370,8 @@ class EntropySelection(SemiEvolStage):
                 threshold = quantile_threshold([r["uncertainty"] for r in group], self.keep_fraction)
                 kept = [r for r in group if r["uncertainty"] <= threshold]
             thresholds += [max(r["uncertainty"] for r in kept)] if kept else []
-            kept_ids = {id(r) for r in kept}
-            for record in group:
-                record["selected"] = id(record) in kept_ids or (self.always_keep_unanimous and record["unanimous"])
+            for record in kept + [r for r in group if self.always_keep_unanimous and r["unanimous"]]:
+                record["selected"] = True
         return max(thresholds, default=None)
 
 

@@ -2,6 +2,7 @@
 refreshed training data, gold-column independence, bad arguments."""
 
 import json
+import math
 import os
 import shutil
 
@@ -157,6 +158,19 @@ def test_per_answer_selection_keeps_each_answers_least_uncertain_fraction():
     assert sorted(r["id"] for r in labeled_mix if r["selected"]) == ["A0", "A1", "B0", "B1", "C0", "C1"]
     with pytest.raises(ValueError, match="answer_mix='labeled' needs the labeled set's answers"):
         selection.select(pool())
+
+
+def test_selection_sets_every_records_flag_and_never_keeps_an_unanswered_record():
+    # flags left over from an earlier selection are overwritten, whether the record is kept, dropped or unanswerable
+    records = [{"id": "a", "answer": "A", "uncertainty": 0.1, "unanimous": False, "selected": False},
+               {"id": "b", "answer": "A", "uncertainty": 0.9, "unanimous": False, "selected": True},
+               {"id": "c", "answer": "B", "uncertainty": 0.95, "unanimous": True, "selected": True},
+               {"id": "d", "answer": None, "uncertainty": math.inf, "unanimous": False, "selected": True},
+               {"id": "e", "answer": "B", "uncertainty": math.inf, "unanimous": True, "selected": True}]
+    EntropySelection(keep_fraction=0.3).select(records)
+    assert [r["selected"] for r in records] == [True, False, False, False, False]
+    EntropySelection(keep_fraction=0.3, always_keep_unanimous=True).select(records)
+    assert [r["selected"] for r in records] == [True, False, True, False, False]
 
 
 def test_self_justification_lists_each_proposed_answer_once_in_option_order():
