@@ -21,9 +21,10 @@
 3. kept_accuracy_vs_theta.png: the accuracy of the pseudo-labels that EntropySelection keeps, against θ, pool-wide,
    per answer option in the pool's mix and per answer option in the labeled set's mix (answer_mix="labeled"; the
    labeled answers); the kept answer mix at θ=0.5 is printed for each.
-4. test_accuracy_vs_theta.png (with ``--theta-test θ=PREDICTIONS_JSONL``, once per θ, and optional
-   ``--theta-reference NAME=PREDICTIONS_JSONL`` runs drawn as horizontal lines): test accuracy of runs that differ
-   only in θ, with 95% bootstrap intervals (compare.py's, seed 0).
+4. test_accuracy_vs_theta.png (with ``--theta-test θ=PREDICTIONS_JSONL`` or ``SERIES:θ=PREDICTIONS_JSONL``, once
+   per run, and optional ``--theta-reference NAME=PREDICTIONS_JSONL`` runs drawn as horizontal lines): test accuracy
+   of runs that differ only in θ, one line per series (e.g. per number of views), with 95% bootstrap intervals
+   (compare.py's, seed 0).
 Each figure's numbers are printed too. ``--config runs/NAME/logs/config.yaml`` instead of ``--data-root`` takes the
 splits from a run's saved config (e.g. configs/mmlu.yaml's seeded split of one source).
 """
@@ -152,18 +153,23 @@ def kept_accuracy_vs_theta(rounds: dict[str, list[dict]], gold: dict, labeled: l
 
 
 def test_accuracy_vs_theta(runs: dict[str, list[dict]], references: dict[str, list[dict]], out: Path) -> None:
+    """``runs`` keys: ``θ`` or ``SERIES:θ``; one line per series."""
     def accuracy_interval(records: list[dict]) -> tuple[float, float, float]:
         correct = torch.tensor([float(bool(r["correct"])) for r in records], dtype=torch.float64)
         return interval(correct, 10000, torch.Generator().manual_seed(0))
+    series: dict[str, dict[float, list[dict]]] = {}
+    for key, records in runs.items():
+        name, _, theta = key.rpartition(":")
+        series.setdefault(name or "SemiEvol", {})[float(theta)] = records
     with saved_figure(out / "test_accuracy_vs_theta.png", legend_size=7, xlabel="θ (fraction kept)",
                       ylabel="test accuracy", title="Test accuracy against θ") as ax:
-        thetas = sorted(runs, key=float)
-        points = [accuracy_interval(runs[theta]) for theta in thetas]
-        for theta, (mean, low, high) in zip(thetas, points):
-            print(f"test accuracy at θ={theta}: {mean:.4f} [{low:.4f}, {high:.4f}]")
-        ax.errorbar([float(t) for t in thetas], [m for m, _, _ in points],
-                    yerr=[[m - lo for m, lo, _ in points], [hi - m for m, _, hi in points]], marker="o", capsize=3,
-                    label="SemiEvol, θ as marked")
+        for name, by_theta in series.items():
+            thetas = sorted(by_theta)
+            points = [accuracy_interval(by_theta[theta]) for theta in thetas]
+            for theta, (mean, low, high) in zip(thetas, points):
+                print(f"test accuracy, {name}, θ={theta}: {mean:.4f} [{low:.4f}, {high:.4f}]")
+            ax.errorbar(thetas, [m for m, _, _ in points], yerr=[[m - lo for m, lo, _ in points],
+                        [hi - m for m, _, hi in points]], marker="o", capsize=3, label=name)
         for name, records in references.items():
             level = accuracy_interval(records)[0]
             ax.axhline(level, linestyle=":", color="grey")
@@ -179,7 +185,7 @@ def main() -> None:
     add_data_arguments(parser)
     parser.add_argument("--test", action="append", default=[], metavar="NAME=PREDICTIONS_JSONL")
     parser.add_argument("--round", action="append", required=True, metavar="NAME=PSEUDO_LABELS_ROUND_JSONL")
-    parser.add_argument("--theta-test", action="append", default=[], metavar="THETA=PREDICTIONS_JSONL")
+    parser.add_argument("--theta-test", action="append", default=[], metavar="[SERIES:]THETA=PREDICTIONS_JSONL")
     parser.add_argument("--theta-reference", action="append", default=[], metavar="NAME=PREDICTIONS_JSONL")
     parser.add_argument("--out", default="benchmarks/figures")
     args = parser.parse_args()

@@ -74,12 +74,14 @@ def test_figures_are_drawn_from_run_files(fpb_like, tmp_path):
                                           "unanimous": True, "selected": False}) + "\n" for i in range(30)))
     (tmp_path / "cwd").mkdir()
     out = run("figures.py", "--data-root", str(fpb_like), "--test", f"SFT={predictions}", "--round", f"round1={pseudo}",
-              "--theta-test", f"0.7={predictions}", "--theta-test", f"0.3={predictions}", "--theta-reference",
-              f"SFT={predictions}", "--out", str(tmp_path / "figures"), cwd=tmp_path / "cwd")
+              "--theta-test", f"0.7={predictions}", "--theta-test", f"0.3={predictions}", "--theta-test",
+              f"1 view:1.0={predictions}", "--theta-reference", f"SFT={predictions}",
+              "--out", str(tmp_path / "figures"), cwd=tmp_path / "cwd")
     assert "SFT: test accuracy 0.5000" in out
-    low, high = map(float, re.search(r"test accuracy at θ=0.3: 0.5000 \[(\S+), (\S+)\]\n", out).groups())
+    low, high = map(float, re.search(r"test accuracy, SemiEvol, θ=0.3: 0.5000 \[(\S+), (\S+)\]\n", out).groups())
     assert 0.1 < low < 0.5 < high < 0.9
-    assert "test accuracy at θ=0.7: 0.5000 [" in out.split("θ=0.3")[1]  # in the order of θ
+    assert "test accuracy, SemiEvol, θ=0.7: 0.5000 [" in out.split("θ=0.3")[1]  # in the order of θ
+    assert "test accuracy, 1 view, θ=1.0: 0.5000 [" in out
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
         "kept_accuracy_vs_theta.png", "pseudo_label_accuracy_by_uncertainty.png", "test_accuracy_vs_theta.png",
         "test_uncertainty.png"]
