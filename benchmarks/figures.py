@@ -7,10 +7,12 @@
         --test "self-training + AS=runs/fpb_selftrain_as/logs/test_predictions.jsonl" \
         --round SemiEvol-light=runs/fpb_semievol3/logs/pseudo_labels_round1.jsonl \
         --round "self-training + AS=runs/fpb_selftrain_as/logs/pseudo_labels_round1.jsonl" \
-        --theta-test 0.3=runs/fpb_light_avg_theta0.3/logs/test_predictions.jsonl \
-        --theta-test 0.5=runs/fpb_light_avg/logs/test_predictions.jsonl \
-        --theta-test 0.7=runs/fpb_light_avg_theta0.7/logs/test_predictions.jsonl \
-        --theta-test 1.0=runs/fpb_light_avg_theta1.0/logs/test_predictions.jsonl \
+        --theta-test "2 views:0.3=runs/fpb_light_avg_theta0.3/logs/test_predictions.jsonl" \
+        --theta-test "2 views:0.5=runs/fpb_light_avg/logs/test_predictions.jsonl" \
+        --theta-test "2 views:0.7=runs/fpb_light_avg_theta0.7/logs/test_predictions.jsonl" \
+        --theta-test "2 views:1.0=runs/fpb_light_avg_theta1.0/logs/test_predictions.jsonl" \
+        --theta-test "1 view:0.3=runs/fpb_n1_theta0.3/logs/test_predictions.jsonl" \
+        --theta-test "1 view:0.5=runs/fpb_light_no_cl/logs/test_predictions.jsonl" \
         --theta-reference "SFT 313 steps=runs/fpb_sft313/logs/test_predictions.jsonl" \
         --theta-reference "SFT 398 steps=runs/fpb_sft398/logs/test_predictions.jsonl"
 
