@@ -352,14 +352,14 @@ class EntropySelection(SemiEvolStage):
 
         ``labeled_answers``: the labeled set's gold answers, which ``answer_mix="labeled"`` needs.
         """
+        if self.answer_mix == "labeled" and not labeled_answers:
+            raise ValueError("EntropySelection: answer_mix='labeled' needs the labeled set's answers; none given")
         for record in records:
             record["selected"] = False
         answered = [r for r in records if selectable(r)]
         groups: dict[Optional[str], list[dict]] = {}
         for record in answered:
             groups.setdefault(record["answer"] if self.per_answer else None, []).append(record)
-        if self.answer_mix == "labeled" and not labeled_answers:
-            raise ValueError("EntropySelection: answer_mix='labeled' needs the labeled set's answers; none given")
         shares = Counter(labeled_answers)
         thresholds = []
         for answer, group in groups.items():

@@ -157,7 +157,8 @@ def test_per_answer_selection_keeps_each_answers_least_uncertain_fraction():
     assert selection.select(labeled_mix, ["A", "B", "C", "C"]) == 0.97
     assert sorted(r["id"] for r in labeled_mix if r["selected"]) == ["A0", "A1", "B0", "B1", "C0", "C1"]
     with pytest.raises(ValueError, match="answer_mix='labeled' needs the labeled set's answers"):
-        selection.select(pool())
+        selection.select(labeled_mix)
+    assert sorted(r["id"] for r in labeled_mix if r["selected"]) == ["A0", "A1", "B0", "B1", "C0", "C1"]  # untouched
 
 
 def test_selection_sets_every_records_flag_and_never_keeps_an_unanswered_record():
