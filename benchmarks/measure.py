@@ -86,9 +86,15 @@ class ModelFlops:
         return 2 * self.forward(batch_size, length, logit_positions)
 
 
-def peak_rss_mib() -> float:
-    """Peak resident memory of this whole process so far."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_memory_mib() -> dict[str, Optional[float]]:
+    """Peak resident memory of this whole process so far, and the peak GPU memory torch reserved (None without a
+    GPU)."""
+    gpu = torch.cuda.max_memory_reserved() / 2 ** 20 if torch.cuda.is_available() else None
+    return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_gpu_mib": gpu}
+
+
+def mib(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def run_in_subprocess(script: str, side: str) -> dict:

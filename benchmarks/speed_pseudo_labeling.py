@@ -23,8 +23,9 @@ from collections import Counter
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 
-from measure import ModelFlops, machine, peak_rss_mib, run_sides
+from measure import ModelFlops, machine, mib, peak_memory_mib, run_sides
 from semift_lightning import SemiFTDataModule, SemiFTModule
 from semift_lightning.datamodule import SplitSizes
 from semift_lightning import callbacks as semievol
@@ -42,6 +43,7 @@ def reference_round(trainer, module, datamodule, pool, neighbours, max_new_token
     answers, disputed = {}, {}
     torch.manual_seed(seed)
     for batch in datamodule.pool_loader("unlabeled", pool, demonstrations=demos):
+        batch = move_data_to_device(batch, module.device)
         texts, _ = module.generate_with_nll(batch, do_sample=True, temperature=1.0, num_return_sequences=N_SAMPLES,
                                             max_new_tokens=max_new_tokens)
         for i, example in enumerate(batch["examples"]):
@@ -53,6 +55,7 @@ def reference_round(trainer, module, datamodule, pool, neighbours, max_new_token
     if disputed:
         items = [example for example in pool if example.id in disputed]
         for batch in datamodule.pool_loader("unlabeled", items, candidates=disputed):
+            batch = move_data_to_device(batch, module.device)
             texts, _ = module.generate_with_nll(batch, max_new_tokens=max_new_tokens)
             for example, text in zip(batch["examples"], texts):
                 answers[example.id] = task.parse(text, example) or answers[example.id]
@@ -93,7 +96,7 @@ def run_side(args, side: str, scratch: str) -> dict:
         answers = {record["id"]: record["answer"] for record in datamodule.pseudo_labels}
         return {**measured, "items": len(answers), "accuracy": accuracy(answers, gold)}
     pool = datamodule.load_split("unlabeled")
-    module.eval()
+    module.to(trainer.strategy.root_device).eval()  # the fit's teardown moved it to the CPU
     with torch.no_grad(), trainer.precision_plugin.forward_context():
         neighbours = propagation.neighbours(trainer, module, datamodule, pool)  # given to the reference for free
         flops = ModelFlops(module.model.get_base_model()).count_decoder_calls(module.decoder)
@@ -117,7 +120,7 @@ def main() -> None:
     if args.only:
         with tempfile.TemporaryDirectory() as scratch:
             result = run_side(args, args.only, scratch)
-        print("RESULT " + json.dumps({**result, "peak_rss_mib": peak_rss_mib()}), flush=True)
+        print("RESULT " + json.dumps({**result, **peak_memory_mib()}), flush=True)
         return
     print(f"machine: {machine()}; seed {args.seed}; {args.items} FPB unlabeled items")
     results = run_sides(__file__, ("ours", "reference"))
@@ -125,11 +128,12 @@ def main() -> None:
                  "reference": f"{N_SAMPLES} samples at T=1.0 with 3 demonstrations, "
                               f"{results['reference']['disputed']} reflections, max {args.max_new_tokens} new tokens"}
     print("| approach | items | seconds | items/s | pseudo-label accuracy | achieved TFLOP/s | share of best GEMM "
-          "peak | peak RSS MiB | what it runs |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "peak | peak RSS MiB | peak GPU MiB | what it runs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for side, r in results.items():
         print(f"| {side} | {r['items']} | {r['seconds']:.1f} | {r['items'] / r['seconds']:.3f} | {r['accuracy']:.3f} | "
-              f"{r['tflops']:.4f} | {r['peak_share']:.1%} | {r['peak_rss_mib']:.0f} | {described[side]} |")
+              f"{r['tflops']:.4f} | {r['peak_share']:.1%} | {mib(r['peak_rss_mib'])} | {mib(r['peak_gpu_mib'])} | "
+              f"{described[side]} |")
     rate = {side: r["items"] / r["seconds"] for side, r in results.items()}
     print(f"speed ratio (ours / reference): {rate['ours'] / rate['reference']:.1f}x")
 

@@ -20,9 +20,10 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
-from measure import ModelFlops, machine, peak_rss_mib, run_sides
+from measure import ModelFlops, machine, mib, peak_memory_mib, run_sides
 from semift_lightning import SemiFTDataModule, SemiFTModule
 from semift_lightning.cli import default_precision
 from semift_lightning.model import SMOLLM2_135M_INSTRUCT
@@ -52,6 +53,8 @@ class Meter(L.Callback):
         self.flops += self.model_flops.training(*batch["input_ids"].shape, answers)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the step's kernels have finished
         self.seconds = time.perf_counter() - self.start
 
 
@@ -89,6 +92,8 @@ def run_plain(args) -> dict:
     loader = DataLoader([{k: item[k] for k in ("input_ids", "labels")} for item in items],
                         batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(args.seed),
                         collate_fn=right_padded(module.tokenizer.pad_token_id))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
     model_flops = ModelFlops(model.get_base_model())
     model.train()
@@ -96,6 +101,7 @@ def run_plain(args) -> dict:
     start = time.perf_counter()
     for _ in range(args.epochs):
         for batch in loader:
+            batch = move_data_to_device(batch, device)
             loss = model(**batch).loss
             loss.backward()
             optimizer.step()
@@ -117,16 +123,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.only:
         result = (run_ours if args.only == "ours" else run_plain)(args)
-        print("RESULT " + json.dumps({**result, "peak_rss_mib": peak_rss_mib()}), flush=True)
+        print("RESULT " + json.dumps({**result, **peak_memory_mib()}), flush=True)
         return
     print(f"machine: {machine()}; seed {args.seed}; FPB labeled set, batch size {args.batch_size}, "
           f"{args.epochs} epoch(s)")
     results = run_sides(__file__, ("ours", "plain"))
-    print("| loop | steps | seconds | tokens/s | achieved TFLOP/s | share of best GEMM peak | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| loop | steps | seconds | tokens/s | achieved TFLOP/s | share of best GEMM peak | peak RSS MiB | peak GPU MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for side, r in results.items():
         print(f"| {side} | {r['steps']} | {r['seconds']:.1f} | {r['tokens'] / r['seconds']:.1f} | {r['tflops']:.4f} | "
-              f"{r['peak_share']:.1%} | {r['peak_rss_mib']:.0f} |")
+              f"{r['peak_share']:.1%} | {mib(r['peak_rss_mib'])} | {mib(r['peak_gpu_mib'])} |")
     speed = {side: r["tokens"] / r["seconds"] for side, r in results.items()}
     print(f"speed ratio (ours / plain, tokens per second): {speed['ours'] / speed['plain']:.2f}x")
 

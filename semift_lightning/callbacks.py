@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from tqdm.auto import tqdm
 
 from semift_lightning.io import atomic_write_jsonl
@@ -433,7 +433,7 @@ def _map_pool(trainer, datamodule, split, examples, fn, description, **loader_kw
     device = trainer.lightning_module.device
     results, start = {}, time.perf_counter()
     for batch in tqdm(loader, desc=f"round: {description}", disable=not trainer.is_global_zero, leave=False):
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = move_data_to_device(batch, device)
         for example, result in zip(batch["examples"], fn(batch)):
             results[example.id] = result
     if trainer.world_size > 1:
