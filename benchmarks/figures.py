@@ -98,11 +98,6 @@ def unlabeled_gold(datamodule: SemiFTDataModule) -> dict:
     return datamodule.unlabeled_gold
 
 
-def labeled_answers(datamodule: SemiFTDataModule) -> list[str]:
-    """The answers of the labeled split, which selection may use."""
-    return [example.answer for example in datamodule.load_split("labeled")]
-
-
 def accuracy(records: list[dict], gold: dict) -> float:
     """The share of ``records`` whose answer is the gold one (a diagnostic)."""
     return sum(r["answer"] == gold[r["id"]] for r in records) / len(records)
@@ -201,7 +196,7 @@ def main() -> None:
     gold = unlabeled_gold(data)
     rounds = named_files(args.round)
     accuracy_by_uncertainty(rounds, gold, out)
-    kept_accuracy_vs_theta(rounds, gold, labeled_answers(data), out)
+    kept_accuracy_vs_theta(rounds, gold, data.labeled_answers(), out)
     print(f"figures in {out}")
 
 

@@ -20,7 +20,7 @@ from collections import Counter
 import lightning as L
 import torch
 
-from figures import accuracy, add_data_arguments, benchmark_data, labeled_answers, read_jsonl, unlabeled_gold
+from figures import accuracy, add_data_arguments, benchmark_data, read_jsonl, unlabeled_gold
 from measure import machine
 from semift_lightning import SemiFTModule
 from semift_lightning.callbacks import CollaborativeVoting, EntropySelection
@@ -83,7 +83,7 @@ def main() -> None:
         raise SystemExit(f"{args.round}: no disputed items, nothing to justify")
     datamodule = benchmark_data(args.data_root, args.task, args.config)
     datamodule.eval_batch_size = args.eval_batch_size
-    gold, labeled = unlabeled_gold(datamodule), labeled_answers(datamodule)
+    gold, labeled = unlabeled_gold(datamodule), datamodule.labeled_answers()
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     module = SemiFTModule(**{**checkpoint["hyper_parameters"], "optimizer": {"lr": 1e-12}})  # model and LoRA shape
     replay = Replay(checkpoint, records)

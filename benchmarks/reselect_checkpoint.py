@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from figures import add_data_arguments, benchmark_data, labeled_answers
+from figures import add_data_arguments, benchmark_data
 from semift_lightning.callbacks import EntropySelection
 from semift_lightning.io import atomic_write
 
@@ -38,7 +38,7 @@ def main() -> None:
         raise SystemExit(f"{args.checkpoint}: holds no pseudo-labels; pass the checkpoint of a round's epoch")
     before = sum(r["selected"] for r in records)
     selection = EntropySelection(keep_fraction=args.keep_fraction, per_answer=True, answer_mix=args.answer_mix)
-    selection.select(records, labeled_answers(benchmark_data(args.data_root, args.task, args.config)))
+    selection.select(records, benchmark_data(args.data_root, args.task, args.config).labeled_answers())
     atomic_write(args.out, lambda handle: torch.save(checkpoint, handle), binary=True)
     print(f"{args.checkpoint}: round {state['pseudo_round']}, {len(records)} items, {before} selected; "
           f"{args.out}: θ={args.keep_fraction} per answer, answer mix {args.answer_mix}: "

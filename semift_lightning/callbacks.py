@@ -403,8 +403,7 @@ def run_round(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, st
         module.train(was_training)
     for record in records:
         record.update(round=index, selected=selectable(record))
-    labeled_answers = [example.answer for example in datamodule.load_split("labeled")]
-    threshold = selection.select(records, labeled_answers) if selection else None
+    threshold = selection.select(records, datamodule.labeled_answers()) if selection else None
     datamodule.set_pseudo_labels(records, index)
     metrics = _round_metrics(records, datamodule.unlabeled_gold, datamodule.task, threshold, index)
     _log_round(trainer, module, records, metrics)

@@ -219,6 +219,10 @@ class SemiFTDataModule(L.LightningDataModule):
             return path
         return str(Path(self.root) / path)
 
+    def labeled_answers(self) -> list[str]:
+        """The labeled split's gold answers (what a selection may match its answer mix to)."""
+        return [example.answer for example in self.load_split("labeled")]
+
     def load_split(self, split: str) -> list[Example]:
         """The checked examples of ``split`` (cached); an empty list when the split is not configured."""
         if split in self.examples:

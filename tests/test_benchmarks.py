@@ -191,3 +191,18 @@ def test_semievol_vs_sft_runs_the_four_runs_and_matches_semievols_steps(tiny_mod
     assert steps > 6  # 6 warm-up steps on the 24 labeled items, then labeled + selected
     equal = tmp_path / "cwd" / "runs" / "tiny_sft_equal_steps" / "logs" / "checkpoints" / "last.ckpt"
     assert torch.load(equal, weights_only=True)["global_step"] == steps
+
+
+def test_gpu_run_runs_both_speed_benchmarks_and_the_fpb_pair_from_any_folder(tiny_model, fpb_like, tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "COMMON_ARGS": "--model.lora.r 8"}
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_run.sh"), str(fpb_like), tiny_model, "8"],
+                            capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "speed ratio (ours / plain, tokens per second): " in out and "speed ratio (ours / reference): " in out
+    for run in ("vanilla", "sft", "semievol", "sft_equal_steps"):
+        assert re.search(rf"^fpb_{run}: test accuracy [01]\.\d{{4}} on 12 items$", out, re.M), run
+    assert re.search(r"^\| reference \| 8 \|", out, re.M) and "== done: " in out
+    adapter = json.loads((tmp_path / "runs" / "fpb_sft_adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 8  # the SFT run's adapter, exported for the pseudo-labeling benchmark
