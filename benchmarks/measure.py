@@ -94,6 +94,7 @@ def peak_memory_mib() -> dict[str, Optional[float]]:
 
 
 def mib(value: Optional[float]) -> str:
+    """A MiB figure for a table; "-" where there is none."""
     return "-" if value is None else f"{value:.0f}"
 
 
