@@ -18,7 +18,7 @@ stage() { echo "== $1: $(( $(date +%s) - start )) s since the start"; }
 stage "training speed"
 python "$here/speed_training.py" --data-root "$root" --epochs 3 "${model_arg[@]}"
 stage "FPB pair"
-COMMON_ARGS="${model:+--model.model $model} ${COMMON_ARGS:-}" "$here/semievol_vs_sft.sh" "$here/../configs/fpb.yaml" "$root" \
+BENCH_MODEL="$model" "$here/semievol_vs_sft.sh" "$here/../configs/fpb.yaml" "$root" \
   "$here/../callbacks/semievol_light.yaml"
 stage "pseudo-labeling speed"
 python - <<'PY'

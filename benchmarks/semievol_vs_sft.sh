@@ -9,6 +9,7 @@
 #   epochs of a 4-epoch fit.
 #   COMMON_ARGS (environment, split on spaces): semift arguments for every run, e.g. a fixed subset
 #   "--data.sizes.labeled 300 --data.sizes.unlabeled 900 --data.sizes.test 300".
+#   BENCH_MODEL (environment, kept whole, so a path may hold spaces): the model of every run (--model.model).
 set -euo pipefail
 config=${1:?pass a task config, e.g. configs/fpb.yaml}
 root=${2:?pass the data folder, or - for none}
@@ -22,6 +23,7 @@ name=$(basename "$config" .yaml)
 every_run=(); [ "$root" = - ] || every_run=(--data.root "$root")
 read -ra common <<< "${COMMON_ARGS:-}"
 every_run+=("${common[@]}")
+[ -z "${BENCH_MODEL:-}" ] || every_run+=(--model.model "$BENCH_MODEL")
 stamp() { date +%s; }
 ckpt() { echo "runs/${name}_$1/logs/checkpoints/last.ckpt"; }
 run_fit() { local run=$1; shift; semift fit -c "$config" "${every_run[@]}" --trainer.logger.init_args.save_dir "runs/${name}_$run" "$@"; }

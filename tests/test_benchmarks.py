@@ -194,9 +194,12 @@ def test_semievol_vs_sft_runs_the_four_runs_and_matches_semievols_steps(tiny_mod
 
 
 def test_gpu_run_runs_both_speed_benchmarks_and_the_fpb_pair_from_any_folder(tiny_model, fpb_like, tmp_path):
+    model = tmp_path / "my models" / "tiny"  # a path with a space reaches every run whole
+    model.parent.mkdir()
+    model.symlink_to(tiny_model, target_is_directory=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "COMMON_ARGS": "--model.lora.r 8"}
-    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_run.sh"), str(fpb_like), tiny_model, "8"],
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_run.sh"), str(fpb_like), str(model), "8"],
                             capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
