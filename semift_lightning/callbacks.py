@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm.auto import tqdm
 
 from semift_lightning.io import atomic_write_jsonl
@@ -427,11 +428,14 @@ def _mean_pooled(module, batch) -> list[torch.Tensor]:
 
 
 def _map_pool(trainer, datamodule, split, examples, fn, description, **loader_kwargs) -> dict[str, Any]:
-    """Run ``fn`` over this rank's shard of ``examples`` and gather one result per id from every rank."""
+    """Run ``fn`` over this rank's shard of ``examples`` and gather one result per id from every rank. Stops
+    before the next batch once any rank has received SIGTERM, as Lightning's own loops do."""
     loader = datamodule.pool_loader(split, examples, trainer.global_rank, trainer.world_size, **loader_kwargs)
     device = trainer.lightning_module.device
     results, start = {}, time.perf_counter()
     for batch in tqdm(loader, desc=f"round: {description}", disable=not trainer.is_global_zero, leave=False):
+        if trainer.strategy.reduce_boolean_decision(trainer.received_sigterm, all=False):  # same batch count per rank
+            raise SIGTERMException
         batch = move_data_to_device(batch, device)
         for example, result in zip(batch["examples"], fn(batch)):
             results[example.id] = result

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import shutil
+import signal
 
 import lightning as L
 import pytest
@@ -363,6 +364,24 @@ def test_killed_during_pseudo_labeling_resumes_and_redoes_only_that_round(tiny_m
     rounds = _interrupted_then_resumed(tiny_model, fpb_like, tmp_path, lambda: full_recipe(warmup_epochs=2),
                                        crash_mid_round, monkeypatch)
     assert rounds == [1]  # the interrupted round runs again, once, from the last epoch's checkpoint
+
+
+def test_sigterm_during_pseudo_labeling_stops_the_round_at_the_next_batch(tiny_model, fpb_like, tmp_path,
+                                                                           monkeypatch):
+    calls = []
+    score = SemiFTModule.option_log_probs
+
+    def terminated_during_first_batch(self, batch):
+        calls.append(1)
+        if len(calls) == 1:
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)  # Lightning's handler, not death
+            os.kill(os.getpid(), signal.SIGTERM)
+        return score(self, batch)
+    monkeypatch.setattr(SemiFTModule, "option_log_probs", terminated_during_first_batch)
+    module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, full_recipe(warmup_epochs=1))
+    with pytest.raises(SystemExit):  # Lightning's SIGTERMException, as its own loops raise it
+        trainer.fit(module, datamodule)
+    assert len(calls) == 1 and datamodule.pseudo_round == 0  # 30 items in batches of 8: three batches never ran
 
 
 def test_unwritable_or_full_output_folders_fail_before_training(tiny_model, fpb_like, tmp_path, monkeypatch):
