@@ -10,6 +10,7 @@ import signal
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from semift_lightning import SemiFTDataModule, SemiFTModule
 from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation, View
@@ -348,18 +349,28 @@ def test_killed_in_the_epoch_after_a_round_resumes_with_its_pseudo_labels(tiny_m
     assert rounds == []  # the finished round came back from the checkpoint
 
 
+def during_scored_batch(monkeypatch, number, action) -> list:
+    """Patches the round's option scoring to call ``action`` while it scores batch ``number`` (from 1); returns the
+    list that counts the scored batches."""
+    calls = []
+    score = SemiFTModule.option_log_probs
+
+    def scored(self, batch):
+        calls.append(1)
+        if len(calls) == number:
+            action()
+        return score(self, batch)
+    monkeypatch.setattr(SemiFTModule, "option_log_probs", scored)
+    return calls
+
+
 def test_killed_during_pseudo_labeling_resumes_and_redoes_only_that_round(tiny_model, fpb_like, tmp_path,
                                                                          monkeypatch):
-    def crash_mid_round(trainer):
-        calls = []
-        score = SemiFTModule.option_log_probs
+    def killed():
+        raise RuntimeError("killed")
 
-        def crash_on_third_batch(self, batch):
-            calls.append(1)
-            if len(calls) == 3:
-                raise RuntimeError("killed")
-            return score(self, batch)
-        monkeypatch.setattr(SemiFTModule, "option_log_probs", crash_on_third_batch)
+    def crash_mid_round(trainer):
+        during_scored_batch(monkeypatch, 3, killed)
 
     rounds = _interrupted_then_resumed(tiny_model, fpb_like, tmp_path, lambda: full_recipe(warmup_epochs=2),
                                        crash_mid_round, monkeypatch)
@@ -368,18 +379,13 @@ def test_killed_during_pseudo_labeling_resumes_and_redoes_only_that_round(tiny_m
 
 def test_sigterm_during_pseudo_labeling_stops_the_round_at_the_next_batch(tiny_model, fpb_like, tmp_path,
                                                                            monkeypatch):
-    calls = []
-    score = SemiFTModule.option_log_probs
+    def terminated():
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)  # Lightning's handler, not death
+        os.kill(os.getpid(), signal.SIGTERM)
 
-    def terminated_during_first_batch(self, batch):
-        calls.append(1)
-        if len(calls) == 1:
-            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)  # Lightning's handler, not death
-            os.kill(os.getpid(), signal.SIGTERM)
-        return score(self, batch)
-    monkeypatch.setattr(SemiFTModule, "option_log_probs", terminated_during_first_batch)
+    calls = during_scored_batch(monkeypatch, 1, terminated)
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, full_recipe(warmup_epochs=1))
-    with pytest.raises(SystemExit):  # Lightning's SIGTERMException, as its own loops raise it
+    with pytest.raises(SIGTERMException):  # as Lightning's own loops raise it
         trainer.fit(module, datamodule)
     assert len(calls) == 1 and datamodule.pseudo_round == 0  # 30 items in batches of 8: three batches never ran
 
