@@ -51,39 +51,31 @@ def gemm_peaks() -> dict[str, float]:
 
 
 class ModelFlops:
-    """Forward FLOPs of a decoder batch: every linear layer of the decoder at every (padded) position, attention
-    scores and mixing over the full (padded) square, and the output head where logits are computed."""
+    """Model FLOPs of what a causal LM computes, counted by hooks while it runs: every linear layer of the decoder at
+    every (padded) position of each call, attention scores and mixing over each call's (padded) keys, and the output
+    head at every position it is applied to. ``total`` is the forward FLOPs so far; a training step costs twice its
+    forward (the backward computes input gradients only: the base weights are frozen, and the LoRA weights' own
+    gradients are too small to count)."""
 
     def __init__(self, causal_lm: nn.Module) -> None:
-        decoder = causal_lm.get_decoder()
+        decoder, head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
         self.linear_per_position = 2 * sum(m.weight.numel() for m in decoder.modules() if isinstance(m, nn.Linear))
-        config = causal_lm.config
-        self.layers, self.hidden = config.num_hidden_layers, config.hidden_size
-        self.head_per_position = 2 * causal_lm.get_output_embeddings().weight.numel()
+        self.attention_per_key = 4 * causal_lm.config.num_hidden_layers * causal_lm.config.hidden_size
+        self.head_per_position = 2 * head.weight.numel()
+        self.total = 0.0
+        decoder.register_forward_pre_hook(self._decoder_call, with_kwargs=True)
+        head.register_forward_pre_hook(self._head_call)
 
-    def forward(self, batch_size: int, length: int, logit_positions: int, context: Optional[int] = None) -> float:
-        """``length`` new positions per item attending over ``context`` positions (default: themselves)."""
-        attention = 4 * self.layers * self.hidden * batch_size * length * (context or length)
-        return self.linear_per_position * batch_size * length + attention + self.head_per_position * logit_positions
+    def _decoder_call(self, module, args, kwargs) -> None:
+        tokens = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+        positions = tokens.shape[0] * tokens.shape[1]
+        mask = kwargs.get("attention_mask")
+        keys = mask.shape[-1] if isinstance(mask, torch.Tensor) else tokens.shape[1]  # a cache's keys included
+        self.total += (self.linear_per_position + self.attention_per_key * keys) * positions
 
-    def count_decoder_calls(self, decoder: nn.Module) -> list[float]:
-        """Adds every forward call of ``decoder`` (prompt passes and cached generation steps alike) to the returned
-        one-item list, counting the output head at one position per item."""
-        total = [0.0]
-
-        def hook(module, args, kwargs):
-            tokens = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
-            batch_size, length = tokens.shape[:2]
-            mask = kwargs.get("attention_mask")
-            context = mask.shape[-1] if isinstance(mask, torch.Tensor) else length
-            total[0] += self.forward(batch_size, length, batch_size, context)
-        decoder.register_forward_pre_hook(hook, with_kwargs=True)
-        return total
-
-    def training(self, batch_size: int, length: int, logit_positions: int) -> float:
-        """Forward plus a backward that computes input gradients only (the base weights are frozen; the LoRA
-        weights' own gradients are too small to count): twice the forward."""
-        return 2 * self.forward(batch_size, length, logit_positions)
+    def _head_call(self, module, args) -> None:
+        hidden = args[0]
+        self.total += self.head_per_position * hidden.numel() // hidden.shape[-1]
 
 
 def peak_memory_mib() -> dict[str, Optional[float]]:

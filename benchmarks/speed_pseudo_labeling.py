@@ -81,10 +81,10 @@ def run_side(args, side: str, scratch: str) -> dict:
     run_round = semievol.run_round
 
     def timed_round(*round_args):
-        flops = ModelFlops(module.model.get_base_model()).count_decoder_calls(module.decoder)
+        flops = ModelFlops(module.model.get_base_model())
         start = time.perf_counter()
         metrics = run_round(*round_args)
-        measured.update(seconds=time.perf_counter() - start, flops=flops[0])
+        measured.update(seconds=time.perf_counter() - start, flops=flops.total)
         return metrics
     semievol.run_round = timed_round
     trainer = L.Trainer(max_epochs=1, limit_train_batches=1, precision=default_precision(), logger=False,
@@ -99,11 +99,11 @@ def run_side(args, side: str, scratch: str) -> dict:
     module.to(trainer.strategy.root_device).eval()  # the fit's teardown moved it to the CPU
     with torch.no_grad(), trainer.precision_plugin.forward_context():
         neighbours = propagation.neighbours(trainer, module, datamodule, pool)  # given to the reference for free
-        flops = ModelFlops(module.model.get_base_model()).count_decoder_calls(module.decoder)
+        flops = ModelFlops(module.model.get_base_model())
         start = time.perf_counter()
         reference = reference_round(trainer, module, datamodule, pool, neighbours, args.max_new_tokens, args.seed)
         seconds = time.perf_counter() - start
-    return {"seconds": seconds, "flops": flops[0], "items": len(pool), "disputed": reference["disputed"],
+    return {"seconds": seconds, "flops": flops.total, "items": len(pool), "disputed": reference["disputed"],
             "accuracy": accuracy(reference["answers"], gold)}
 
 

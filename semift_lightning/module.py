@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,13 +80,17 @@ class SemiFTModule(L.LightningModule):
         base_dtype: dtype of the frozen base weights: auto (bfloat16 under bf16 precision, else float32),
             bfloat16 or float32.
         max_new_tokens: generation budget for free-form answers.
+        share_prompt_prefix: in training and option scoring, run the leading tokens every item of a batch shares
+            (the chat template's system turn, the task's opening words) once for the batch instead of once per
+            item; the results are the same up to rounding.
         trust_remote_code: allow model code from the model's folder to run (off unless you set it).
         cache_dir: cache for ``pypi:`` model assets (default ``$SEMIFT_CACHE`` or ~/.cache/semift).
     """
 
     def __init__(self, model: str = SMOLLM2_135M_INSTRUCT, lora: LoRAArgs = LoRAArgs(),
                  optimizer: OptimizerArgs = OptimizerArgs(), adapter: Optional[str] = None, base_dtype: str = "auto",
-                 max_new_tokens: int = 32, trust_remote_code: bool = False, cache_dir: Optional[str] = None) -> None:
+                 max_new_tokens: int = 32, share_prompt_prefix: bool = True, trust_remote_code: bool = False,
+                 cache_dir: Optional[str] = None) -> None:
         super().__init__()
         lora, optimizer = _as(LoRAArgs, lora), _as(OptimizerArgs, optimizer)
         problems = self.argument_problems(lora=lora, optimizer=optimizer, base_dtype=base_dtype,
@@ -93,9 +98,11 @@ class SemiFTModule(L.LightningModule):
         if problems:
             raise ValueError("invalid model arguments:\n- " + "\n- ".join(problems))
         self.save_hyperparameters({"model": model, "lora": asdict(lora), "optimizer": asdict(optimizer),
-                                   "adapter": adapter, "base_dtype": base_dtype, "max_new_tokens": max_new_tokens})
+                                   "adapter": adapter, "base_dtype": base_dtype, "max_new_tokens": max_new_tokens,
+                                   "share_prompt_prefix": share_prompt_prefix})
         self.lora, self.optim_args = lora, optimizer
         self.adapter, self.base_dtype, self.max_new_tokens = adapter, base_dtype, max_new_tokens
+        self.share_prompt_prefix = share_prompt_prefix
         self.trust_remote_code = trust_remote_code
         self.source = ModelSource.resolve(model, cache_dir)
         self.tokenizer = self.source.load_tokenizer(trust_remote_code)
@@ -162,10 +169,38 @@ class SemiFTModule(L.LightningModule):
         return self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             use_cache=False).last_hidden_state
 
+    def tail_hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           keep_last: int) -> tuple[torch.Tensor, int]:
+        """Last hidden states of a left-padded batch from some column on, and that column. With
+        ``share_prompt_prefix``, the leading tokens every item shares (leaving each at least ``keep_last`` tokens)
+        run once, as a cache the items continue from; the columns they take in the shortest item are not returned
+        (in longer items those columns hold padding or part of the shared tokens, as meaningless as padding)."""
+        shared = shared_prefix_length(input_ids, attention_mask, keep_last) if self.share_prompt_prefix else 0
+        if shared == 0:
+            return self.hidden_states(input_ids, attention_mask), 0
+        from transformers import DynamicCache
+        cache = {self._cache_argument: DynamicCache(config=self.decoder.config)}
+        first = input_ids.shape[1] - int(attention_mask[0].sum())
+        self.decoder(input_ids=input_ids[:1, first:first + shared], use_cache=True, **cache)
+        cache[self._cache_argument].batch_repeat_interleave(len(input_ids))
+        tail_mask = attention_mask[:, :input_ids.shape[1] - shared]  # left padding: each item's tail ends the row
+        position_ids = shared + (tail_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = self.decoder(input_ids=input_ids[:, shared:], attention_mask=torch.cat([
+            attention_mask.new_ones(len(input_ids), shared), tail_mask], 1), position_ids=position_ids,
+            use_cache=True, **cache).last_hidden_state
+        return hidden, shared
+
+    @property
+    def _cache_argument(self) -> str:
+        """The decoder's name for a key/value cache argument (transformers 5.x renamed past_key_values cache)."""
+        return "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
+
     # ----- training ----------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        hidden = self.hidden_states(batch["input_ids"], batch["attention_mask"])
-        targets = batch["labels"][:, 1:]
+        has_target = (batch["labels"] != -100).any(0)
+        from_first_target = batch["labels"].shape[1] - int(has_target.long().argmax()) + 1  # and the token before it
+        hidden, start = self.tail_hidden_states(batch["input_ids"], batch["attention_mask"], from_first_target)
+        targets = batch["labels"][:, start + 1:]
         where = targets != -100
         logits = self.lm_head(hidden[:, :-1][where]).float()  # only the positions the loss needs
         token_loss = F.cross_entropy(logits, targets[where], reduction="none")
@@ -208,7 +243,7 @@ class SemiFTModule(L.LightningModule):
     def option_log_probs(self, batch: dict) -> torch.Tensor:
         """Log-probability of each option letter as the answer's first token, one forward pass; -inf past the
         item's option count. Shape (batch, 10)."""
-        hidden = self.hidden_states(batch["input_ids"], batch["attention_mask"])[:, -1]
+        hidden = self.tail_hidden_states(batch["input_ids"], batch["attention_mask"], keep_last=1)[0][:, -1]
         log_probs = self.lm_head(hidden).float().log_softmax(-1)
         option_ids = torch.tensor(self.trainer.datamodule.prompts.option_token_ids, device=log_probs.device)
         scores = log_probs[:, option_ids]
@@ -360,6 +395,19 @@ class SemiFTModule(L.LightningModule):
             self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         return path
+
+
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep_last: int) -> int:
+    """How many leading tokens all items of a left-padded batch share, leaving each item at least ``keep_last``
+    tokens; 0 for a single item or a batch that is not left-padded."""
+    lengths = attention_mask.sum(1)
+    columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+    starts = input_ids.shape[1] - lengths
+    width = int(lengths.min()) - keep_last
+    if len(input_ids) < 2 or width <= 0 or not torch.equal(attention_mask.bool(), columns >= starts[:, None]):
+        return 0
+    leading = input_ids.gather(1, starts[:, None] + columns[None, :width])
+    return int((leading == leading[:1]).all(0).long().cumprod(0).sum())
 
 
 def option_vote(scores: torch.Tensor, option_count: int) -> tuple[Optional[str], torch.Tensor]:

@@ -33,6 +33,20 @@ def test_training_speed_benchmark_prints_both_loops_and_their_ratio(tiny_model, 
     assert "speed ratio (ours / plain, tokens per second): " in out and "GEMM peaks: " in out
 
 
+def test_model_flops_count_every_decoder_call_and_every_position_the_head_sees(tiny_model):
+    sys.path.insert(0, str(BENCHMARKS))
+    from measure import ModelFlops
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    flops = ModelFlops(model)
+    ids = torch.ones(2, 5, dtype=torch.long)
+    model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    decoder_call = (flops.linear_per_position + flops.attention_per_key * 5) * 10
+    assert flops.total == decoder_call + flops.head_per_position * 10
+    model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1)  # the head at one position per item
+    assert flops.total == 2 * decoder_call + flops.head_per_position * 12
+
+
 def test_pseudo_labeling_speed_benchmark_prints_both_rates(tiny_model, fpb_like, tmp_path):
     (tmp_path / "cwd").mkdir()
     out = run("speed_pseudo_labeling.py", "--data-root", str(fpb_like), "--model", tiny_model, "--items", "8",

@@ -1,0 +1,62 @@
+"""The module's shared-prompt-prefix computation against the plain one."""
+
+from __future__ import annotations
+
+import torch
+
+from semift_lightning import SemiFTDataModule, SemiFTModule
+from semift_lightning.datamodule import Collator
+from semift_lightning.module import shared_prefix_length
+from semift_lightning.prompts import PromptBuilder
+
+
+def _loss_and_grads(module: SemiFTModule, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    module.zero_grad()
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in module.named_parameters() if p.requires_grad}
+
+
+def test_shared_prompt_prefix_runs_once_per_batch_and_changes_nothing_but_rounding(tiny_model, fpb_like):
+    module = SemiFTModule(model=tiny_model)
+    module.configure_model()
+    module.log = lambda *args, **kwargs: None  # no trainer here
+    torch.manual_seed(0)
+    for name, parameter in module.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero, which would leave every A gradient zero
+            parameter.data.normal_(std=0.1)
+    datamodule = SemiFTDataModule(task="fpb", root=str(fpb_like), labeled="fpb/labeled.csv")
+    datamodule.prompts = PromptBuilder(module.tokenizer, datamodule.task, datamodule.max_length)
+    items = datamodule.encode("labeled", datamodule.load_split("labeled"), with_target=True)[:6]
+    batch = Collator(module.tokenizer.pad_token_id)(items)
+    assert len({len(item["input_ids"]) for item in items}) > 1  # left padding is exercised
+
+    calls = []
+    module.decoder.register_forward_pre_hook(lambda _, args, kwargs: calls.append(kwargs["input_ids"].shape),
+                                             with_kwargs=True)
+    module.share_prompt_prefix = False
+    plain_loss, plain_grads = _loss_and_grads(module, batch)
+    plain_last = module.tail_hidden_states(batch["input_ids"], batch["attention_mask"], keep_last=1)[0][:, -1]
+    module.share_prompt_prefix = True
+    calls.clear()
+    shared_loss, shared_grads = _loss_and_grads(module, batch)
+    width = batch["input_ids"].shape[1]
+    assert calls[0][0] == 1 and calls[1] == (6, width - calls[0][1])  # the prefix once, then every item's tail
+    assert calls[0][1] >= 3  # at least "<|im_start|>user\n"
+    torch.testing.assert_close(shared_loss, plain_loss)
+    for name, grad in plain_grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-6)
+    shared_last, start = module.tail_hidden_states(batch["input_ids"], batch["attention_mask"], keep_last=1)
+    assert start > 0
+    torch.testing.assert_close(shared_last[:, -1], plain_last)
+
+
+def test_shared_prefix_length_leaves_each_item_its_tail_and_needs_left_padding():
+    ids = torch.tensor([[0, 5, 6, 7, 8], [5, 6, 7, 9, 9]])
+    left = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert shared_prefix_length(ids, left, keep_last=1) == 3
+    assert shared_prefix_length(ids, left, keep_last=2) == 2  # the shorter item keeps its last two tokens
+    assert shared_prefix_length(ids[:1], left[:1], keep_last=1) == 0  # nothing to share with
+    right = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    assert shared_prefix_length(torch.tensor([[5, 6, 7, 8, 0], [5, 6, 7, 9, 9]]), right, keep_last=1) == 0
