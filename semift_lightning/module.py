@@ -82,14 +82,15 @@ class SemiFTModule(L.LightningModule):
         max_new_tokens: generation budget for free-form answers.
         share_prompt_prefix: in training and option scoring, run the leading tokens every item of a batch shares
             (the chat template's system turn, the task's opening words) once for the batch instead of once per
-            item; the results are the same up to rounding.
+            item; the results are the same up to rounding. Unset: on a CPU, where arithmetic is the cost, and not
+            on an accelerator, where a small model's batch is bound by kernel launches, which a second pass adds.
         trust_remote_code: allow model code from the model's folder to run (off unless you set it).
         cache_dir: cache for ``pypi:`` model assets (default ``$SEMIFT_CACHE`` or ~/.cache/semift).
     """
 
     def __init__(self, model: str = SMOLLM2_135M_INSTRUCT, lora: LoRAArgs = LoRAArgs(),
                  optimizer: OptimizerArgs = OptimizerArgs(), adapter: Optional[str] = None, base_dtype: str = "auto",
-                 max_new_tokens: int = 32, share_prompt_prefix: bool = True, trust_remote_code: bool = False,
+                 max_new_tokens: int = 32, share_prompt_prefix: Optional[bool] = None, trust_remote_code: bool = False,
                  cache_dir: Optional[str] = None) -> None:
         super().__init__()
         lora, optimizer = _as(LoRAArgs, lora), _as(OptimizerArgs, optimizer)
@@ -171,11 +172,12 @@ class SemiFTModule(L.LightningModule):
 
     def tail_hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                            keep_last: int) -> tuple[torch.Tensor, int]:
-        """Last hidden states of a left-padded batch from some column on, and that column. With
-        ``share_prompt_prefix``, the leading tokens every item shares (leaving each at least ``keep_last`` tokens)
-        run once, as a cache the items continue from; the columns they take in the shortest item are not returned
-        (in longer items those columns hold padding or part of the shared tokens, as meaningless as padding)."""
-        shared = shared_prefix_length(input_ids, attention_mask, keep_last) if self.share_prompt_prefix else 0
+        """Last hidden states of a left-padded batch from some column on, and that column. When sharing (see
+        ``share_prompt_prefix``), the leading tokens every item shares (leaving each at least ``keep_last`` tokens)
+        run once, as a cache the items continue from, and their count of columns is not returned; in the columns
+        that are, those before a shorter item's own tokens mean nothing, like padding."""
+        share = self.device.type == "cpu" if self.share_prompt_prefix is None else self.share_prompt_prefix
+        shared = shared_prefix_length(input_ids, attention_mask, keep_last) if share else 0
         if shared == 0:
             return self.hidden_states(input_ids, attention_mask), 0
         from transformers import DynamicCache

@@ -34,15 +34,17 @@ def test_shared_prompt_prefix_runs_once_per_batch_and_changes_nothing_but_roundi
     calls = []
     module.decoder.register_forward_pre_hook(lambda _, args, kwargs: calls.append(kwargs["input_ids"].shape),
                                              with_kwargs=True)
-    module.share_prompt_prefix = False
-    plain_loss, plain_grads = _loss_and_grads(module, batch)
-    plain_last = module.tail_hidden_states(batch["input_ids"], batch["attention_mask"], keep_last=1)[0][:, -1]
-    module.share_prompt_prefix = True
-    calls.clear()
+    assert module.share_prompt_prefix is None  # the default: shared on a CPU
     shared_loss, shared_grads = _loss_and_grads(module, batch)
     width = batch["input_ids"].shape[1]
     assert calls[0][0] == 1 and calls[1] == (6, width - calls[0][1])  # the prefix once, then every item's tail
     assert calls[0][1] >= 3  # at least "<|im_start|>user\n"
+    module.share_prompt_prefix = False
+    calls.clear()
+    plain_loss, plain_grads = _loss_and_grads(module, batch)
+    assert calls == [(6, width)]
+    plain_last = module.tail_hidden_states(batch["input_ids"], batch["attention_mask"], keep_last=1)[0][:, -1]
+    module.share_prompt_prefix = True
     torch.testing.assert_close(shared_loss, plain_loss)
     for name, grad in plain_grads.items():
         assert grad.abs().sum() > 0, name
