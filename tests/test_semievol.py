@@ -438,8 +438,12 @@ def test_same_seed_gives_identical_pseudo_labels_selections_and_test_metrics(tin
 
 def test_non_finite_loss_stops_with_a_clear_message_and_a_usable_checkpoint(tiny_model, fpb_like, tmp_path,
                                                                              monkeypatch):
-    monkeypatch.setattr(SemiFTModule, "hidden_states", lambda self, ids, mask, _h=SemiFTModule.hidden_states: (
-        _h(self, ids, mask) * (float("nan") if self.training and self.current_epoch == 1 else 1.0)))
+    plain = SemiFTModule.tail_hidden_states
+
+    def nan_in_the_second_epoch(self, input_ids, attention_mask, keep_last):
+        hidden, start = plain(self, input_ids, attention_mask, keep_last)
+        return hidden * (float("nan") if self.training and self.current_epoch == 1 else 1.0), start
+    monkeypatch.setattr(SemiFTModule, "tail_hidden_states", nan_in_the_second_epoch)
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [])
     with pytest.raises(FloatingPointError, match=r"non-finite training loss nan at step 6; the last checkpoint "
                                                  r"holds the state before it"):
