@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
+from semift_lightning.datamodule import IGNORE_INDEX
 from semift_lightning.io import atomic_write_json, atomic_write_jsonl, check_writable, remove_interrupted_writes
 from semift_lightning.model import SMOLLM2_135M_INSTRUCT, LoRAArgs, ModelSource
 from semift_lightning.parsing import LETTERS
@@ -181,15 +182,16 @@ class SemiFTModule(L.LightningModule):
         if shared == 0:
             return self.hidden_states(input_ids, attention_mask), 0
         from transformers import DynamicCache
-        cache = {self._cache_argument: DynamicCache(config=self.decoder.config)}
+        cache = DynamicCache(config=self.decoder.config)
+        with_cache = {self._cache_argument: cache, "use_cache": True}
         first = input_ids.shape[1] - int(attention_mask[0].sum())
-        self.decoder(input_ids=input_ids[:1, first:first + shared], use_cache=True, **cache)
-        cache[self._cache_argument].batch_repeat_interleave(len(input_ids))
+        self.decoder(input_ids=input_ids[:1, first:first + shared], **with_cache)
+        cache.batch_repeat_interleave(len(input_ids))
         tail_mask = attention_mask[:, :input_ids.shape[1] - shared]  # left padding: each item's tail ends the row
         position_ids = shared + (tail_mask.long().cumsum(-1) - 1).clamp(min=0)
         hidden = self.decoder(input_ids=input_ids[:, shared:], attention_mask=torch.cat([
             attention_mask.new_ones(len(input_ids), shared), tail_mask], 1), position_ids=position_ids,
-            use_cache=True, **cache).last_hidden_state
+            **with_cache).last_hidden_state
         return hidden, shared
 
     @property
@@ -199,11 +201,11 @@ class SemiFTModule(L.LightningModule):
 
     # ----- training ----------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        has_target = (batch["labels"] != -100).any(0)
+        has_target = (batch["labels"] != IGNORE_INDEX).any(0)
         from_first_target = batch["labels"].shape[1] - int(has_target.long().argmax()) + 1  # and the token before it
         hidden, start = self.tail_hidden_states(batch["input_ids"], batch["attention_mask"], from_first_target)
         targets = batch["labels"][:, start + 1:]
-        where = targets != -100
+        where = targets != IGNORE_INDEX
         logits = self.lm_head(hidden[:, :-1][where]).float()  # only the positions the loss needs
         token_loss = F.cross_entropy(logits, targets[where], reduction="none")
         weights = batch["weight"][:, None].expand_as(targets)[where]
