@@ -54,7 +54,7 @@ class ModelFlops:
     """Model FLOPs of what a causal LM computes, counted by hooks while it runs: every linear layer of the decoder at
     every (padded) position of each call, attention scores and mixing over each call's (padded) keys, and the output
     head at every position it is applied to. ``total`` is the forward FLOPs so far; a training step costs twice its
-    forward (the backward computes input gradients only: the base weights are frozen, and the LoRA weights' own
+    forward (``training_total``; the backward computes input gradients only: the base weights are frozen, and the LoRA weights' own
     gradients are too small to count)."""
 
     def __init__(self, causal_lm: nn.Module) -> None:
@@ -65,6 +65,11 @@ class ModelFlops:
         self.total = 0.0
         decoder.register_forward_pre_hook(self._decoder_call, with_kwargs=True)
         head.register_forward_pre_hook(self._head_call)
+
+    @property
+    def training_total(self) -> float:
+        """Model FLOPs of the training steps so far: each costs twice its forward (see the class docstring)."""
+        return 2 * self.total
 
     def _decoder_call(self, module, args, kwargs) -> None:
         tokens = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
