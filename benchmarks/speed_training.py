@@ -1,6 +1,6 @@
 """Training speed: `semift fit`'s training loop against a plain PyTorch + peft loop, same model, data and batch size.
 
-    python benchmarks/speed_training.py --data-root ../shared/data/semievol [--epochs 1] [--seed 0]
+    python benchmarks/speed_training.py --data-root ../shared/data/semievol [--epochs 1] [--seed 0] [--question-last]
 
 Ours: SemiFTModule + SemiFTDataModule in a Lightning Trainer at the precision `semift` picks (bf16-mixed where bf16
 is fast, else 32-true), length-grouped batches, the prompt opening all items of a batch share run once for the
@@ -35,7 +35,7 @@ IGNORE_INDEX = -100
 
 def data_and_module(args) -> tuple[SemiFTDataModule, SemiFTModule]:
     datamodule = SemiFTDataModule(task="fpb", root=args.data_root, labeled="fpb/labeled.csv", batch_size=args.batch_size,
-                                  seed=args.seed)
+                                  seed=args.seed, question_last=args.question_last)
     return datamodule, SemiFTModule(model=args.model, optimizer={"lr": 3e-4, "warmup_ratio": 0.05})
 
 
@@ -65,7 +65,7 @@ def run_ours(args) -> dict:
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
                         callbacks=[meter])
     trainer.fit(module, datamodule)
-    return {"seconds": meter.seconds, "tokens": meter.tokens, "flops": 2 * meter.model_flops.total,
+    return {"seconds": meter.seconds, "tokens": meter.tokens, "flops": meter.model_flops.training_total,
             "steps": trainer.global_step}
 
 
@@ -108,7 +108,7 @@ def run_plain(args) -> dict:
             optimizer.zero_grad()
             tokens += int(batch["attention_mask"].sum())
             steps += 1
-    return {"seconds": time.perf_counter() - start, "tokens": tokens, "flops": 2 * model_flops.total, "steps": steps}
+    return {"seconds": time.perf_counter() - start, "tokens": tokens, "flops": model_flops.training_total, "steps": steps}
 
 
 def main() -> None:
@@ -118,6 +118,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--question-last", action="store_true",
+                        help="both loops train on prompts with the question after the options and instruction")
     parser.add_argument("--only", choices=["ours", "plain"], help=argparse.SUPPRESS)  # one side, in a subprocess
     args = parser.parse_args()
     if args.only:
@@ -125,7 +127,7 @@ def main() -> None:
         print("RESULT " + json.dumps({**result, **peak_memory_mib()}), flush=True)
         return
     print(f"machine: {machine()}; seed {args.seed}; FPB labeled set, batch size {args.batch_size}, "
-          f"{args.epochs} epoch(s)")
+          f"{args.epochs} epoch(s), question {'last' if args.question_last else 'first'}")
     results = run_sides(__file__, ("ours", "plain"))
     print("| loop | steps | seconds | tokens/s | achieved TFLOP/s | share of best GEMM peak | peak RSS MiB | peak GPU MiB |")
     print("|---|---|---|---|---|---|---|---|")

@@ -129,6 +129,10 @@ class SemiFTDataModule(L.LightningDataModule):
             order: self-justification shows both). Drawn with the seed and the epoch; when on, the train
             dataloader is rebuilt every epoch.
         view_prompt_demonstrations: demonstrations in the demonstration form of ``view_prompt_fraction``.
+        question_last: ask each item's options and the instruction first and the question after them (see
+            ``Task.user_content``). Where every item has the same options (sentiment, yes/no/maybe), every prompt
+            then opens with the same tokens, which training and option scoring run once per batch instead of once
+            per item. Off: the question comes first, as in SemiEvol's prompts.
     """
 
     def __init__(self, task: str = "multiple_choice", root: Optional[str] = None, labeled: Optional[str] = None,
@@ -138,13 +142,14 @@ class SemiFTDataModule(L.LightningDataModule):
                  eval_batch_size: int = 16, max_length: int = 1024, num_workers: int = 0, seed: int = 0,
                  system_prompt: Optional[str] = None, cache_dir: Optional[str] = None, pseudo_weight: float = 1.0,
                  max_pseudo_ratio: Optional[float] = None, test_overlap: str = "error",
-                 view_prompt_fraction: float = 0.0, view_prompt_demonstrations: int = 2) -> None:
+                 view_prompt_fraction: float = 0.0, view_prompt_demonstrations: int = 2,
+                 question_last: bool = False) -> None:
         super().__init__()
         problems = self.argument_problems(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         if problems:
             raise ValueError("invalid data arguments:\n- " + "\n- ".join(problems))
         preset = get_preset(task)
-        self.task = preset.task
+        self.task = replace(preset.task, question_last=question_last)
         self.columns = columns or preset.columns
         self.root = root
         self.paths = {"labeled": labeled, "unlabeled": unlabeled, "val": val, "test": test}

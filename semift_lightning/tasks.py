@@ -18,21 +18,29 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Task:
-    """Base class. ``closed_form`` tasks are scored by option log-probabilities, the others by generation."""
+    """Base class. ``closed_form`` tasks are scored by option log-probabilities, the others by generation.
+    ``question_last`` moves the question after the options and the instruction (see ``user_content``)."""
 
     name: str
     instruction: str
+    question_last: bool = field(default=False, kw_only=True)
     closed_form = False
 
-    def body(self, example: "Example") -> str:
-        return example.question.strip()
+    def options_text(self, example: "Example") -> str:
+        """The options block of the prompt; empty for tasks without options."""
+        return ""
 
     def user_content(self, example: "Example", candidates: Sequence[str] = ()) -> str:
-        """The question, then (for self-justification) the answers proposed by disagreeing views, then the
-        instruction."""
-        proposed = ("\n\nProposed answers (they disagree; pick the correct one):\n"
+        """The question, the options, (for self-justification) the answers proposed by disagreeing views, then
+        the instruction. With ``question_last``: the options, the instruction, the question, the proposed answers,
+        so that where every item has the same options, every prompt opens with the same tokens (which training
+        and option scoring then compute once per batch, see ``SemiFTModule.share_prompt_prefix``)."""
+        proposed = ("Proposed answers (they disagree; pick the correct one):\n"
                     + "\n".join(f"- {c}" for c in candidates)) if candidates else ""
-        return f"{self.body(example)}{proposed}\n\n{self.instruction}"
+        question, options = example.question.strip(), self.options_text(example)
+        parts = ([options, self.instruction, question, proposed] if self.question_last
+                 else [question, options, proposed, self.instruction])
+        return "\n\n".join(part for part in parts if part)
 
     def target_text(self, example: "Example") -> str:
         return str(example.answer)
@@ -64,9 +72,8 @@ class MultipleChoiceTask(Task):
     numbered_keys: bool = False
     closed_form = True
 
-    def body(self, example: "Example") -> str:
-        lines = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(example.options))
-        return f"{example.question.strip()}\n\nOptions:\n{lines}"
+    def options_text(self, example: "Example") -> str:
+        return "Options:\n" + "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(example.options))
 
     def canonical_answer(self, raw: str, options: Optional[Sequence[str]]) -> str:
         if not options or not MIN_OPTIONS <= len(options) <= MAX_OPTIONS:

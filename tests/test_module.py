@@ -62,3 +62,22 @@ def test_shared_prefix_length_leaves_each_item_its_tail_and_needs_left_padding()
     assert shared_prefix_length(ids[:1], left[:1], keep_last=1) == 0  # nothing to share with
     right = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
     assert shared_prefix_length(torch.tensor([[5, 6, 7, 8, 0], [5, 6, 7, 9, 9]]), right, keep_last=1) == 0
+
+
+def test_question_last_makes_a_fixed_option_task_share_its_options_and_instruction(tiny_model, fpb_like):
+    module = SemiFTModule(model=tiny_model)
+    openings = {}
+    for question_last in (False, True):
+        datamodule = SemiFTDataModule(task="fpb", root=str(fpb_like), labeled="fpb/labeled.csv",
+                                      question_last=question_last)
+        datamodule.prompts = PromptBuilder(module.tokenizer, datamodule.task, datamodule.max_length)
+        examples = datamodule.load_split("labeled")
+        items = datamodule.encode("labeled", examples, with_target=True)
+        batch = Collator(module.tokenizer.pad_token_id)(items)
+        shared = shared_prefix_length(batch["input_ids"], batch["attention_mask"], keep_last=2)
+        longest = batch["input_ids"][int(batch["attention_mask"].sum(1).argmax())]
+        openings[question_last] = module.tokenizer.decode(longest[:shared])
+        prompt = module.tokenizer.decode(items[0]["input_ids"])
+        assert (prompt.index(examples[0].question.strip()) > prompt.index(datamodule.task.instruction)) == question_last
+    assert "Options:" not in openings[False]
+    assert "Options:\nA. negative\nB. neutral\nC. positive\n\nAnswer with the letter of the sentiment." in openings[True]
