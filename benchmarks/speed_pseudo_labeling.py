@@ -1,6 +1,6 @@
 """Pseudo-labeling speed: our option-scoring round against the reference approach, same model, prompts, n and data.
 
-    python benchmarks/speed_pseudo_labeling.py --data-root ../shared/data/semievol [--items 96] [--adapter DIR]
+    python benchmarks/speed_pseudo_labeling.py --data-root ../shared/data/semievol [--items 96] [--adapter DIR] [--question-last]
 
 Ours: one SemiEvol round as ``semift fit`` runs it (in-context propagation with k=6, the four views of
 ``callbacks/semievol.yaml``, each one forward pass scoring all options, self-justification of disputes).
@@ -73,7 +73,7 @@ def run_side(args, side: str, scratch: str) -> dict:
     module = SemiFTModule(model=args.model, adapter=args.adapter, optimizer={"lr": 1e-12})  # the fit step is a no-op
     datamodule = SemiFTDataModule(task="fpb", root=args.data_root, labeled="fpb/labeled.csv",
                                   unlabeled="fpb/unlabeled.csv", sizes=SplitSizes(unlabeled=args.items), batch_size=8,
-                                  eval_batch_size=16, seed=args.seed)
+                                  eval_batch_size=16, seed=args.seed, question_last=args.question_last)
     views = [View(k=3), View(k=3, neighbour_offset=3), View(k=0), View(adapter="base", k=3)]
     propagation = InContextPropagation(k=6)
     stages = [propagation, CollaborativeVoting(views=views), EntropySelection(keep_fraction=0.5)] if side == "ours" else []
@@ -115,6 +115,8 @@ def main() -> None:
     parser.add_argument("--adapter", help="a saved adapter to pseudo-label with (default: a fresh, untrained one)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="reference generation length")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--question-last", action="store_true",
+                        help="both approaches use prompts with the question after the options and instruction")
     parser.add_argument("--only", choices=["ours", "reference"], help=argparse.SUPPRESS)  # one side, in a subprocess
     args = parser.parse_args()
     if args.only:
@@ -122,7 +124,8 @@ def main() -> None:
             result = run_side(args, args.only, scratch)
         print("RESULT " + json.dumps({**result, **peak_memory_mib()}), flush=True)
         return
-    print(f"machine: {machine()}; seed {args.seed}; {args.items} FPB unlabeled items")
+    print(f"machine: {machine()}; seed {args.seed}; {args.items} FPB unlabeled items, question "
+          f"{'last' if args.question_last else 'first'}")
     results = run_sides(__file__, ("ours", "reference"))
     described = {"ours": "ICP k=6 + 4 option-scoring views + self-justification",
                  "reference": f"{N_SAMPLES} samples at T=1.0 with 3 demonstrations, "

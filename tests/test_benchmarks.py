@@ -31,6 +31,7 @@ def test_training_speed_benchmark_prints_both_loops_and_their_ratio(tiny_model, 
     assert [row[1].strip() for row in rows] == ["ours", "plain"]
     assert all(int(row[2]) == 6 and float(row[4]) > 0 and float(row[7]) > 0 for row in rows)  # 24 items / 4
     assert "speed ratio (ours / plain, tokens per second): " in out and "GEMM peaks: " in out
+    assert "question first" in out
 
 
 def test_model_flops_count_every_decoder_call_and_every_position_the_head_sees(tiny_model):
@@ -50,11 +51,11 @@ def test_model_flops_count_every_decoder_call_and_every_position_the_head_sees(t
 def test_pseudo_labeling_speed_benchmark_prints_both_rates(tiny_model, fpb_like, tmp_path):
     (tmp_path / "cwd").mkdir()
     out = run("speed_pseudo_labeling.py", "--data-root", str(fpb_like), "--model", tiny_model, "--items", "8",
-              "--max-new-tokens", "4", cwd=tmp_path / "cwd")
+              "--max-new-tokens", "4", "--question-last", cwd=tmp_path / "cwd")
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| ours") or line.startswith("| reference")]
     assert [row[1].strip() for row in rows] == ["ours", "reference"]
     assert all(int(row[2]) == 8 and 0 <= float(row[5]) <= 1 and float(row[6]) > 0 for row in rows)
-    assert "speed ratio (ours / reference): " in out
+    assert "speed ratio (ours / reference): " in out and "question last" in out
 
 
 def test_compare_prints_intervals_paired_differences_and_answer_pile_ups(tmp_path):
