@@ -51,11 +51,11 @@ def gemm_peaks() -> dict[str, float]:
 
 
 class ModelFlops:
-    """Model FLOPs of what a causal LM computes, counted by hooks while it runs: every linear layer of the decoder at
-    every (padded) position of each call, attention scores and mixing over each call's (padded) keys, and the output
-    head at every position it is applied to. ``total`` is the forward FLOPs so far; a training step costs twice its
-    forward (``training_total``; the backward computes input gradients only: the base weights are frozen, and the LoRA weights' own
-    gradients are too small to count)."""
+    """Model FLOPs of what a causal LM computes, counted by hooks while it runs: every linear layer of the decoder
+    at every (padded) position of each call, attention scores and mixing over each call's (padded) keys, and the
+    output head at every position it is applied to. ``total`` is the forward FLOPs so far; a training step costs
+    twice its forward (``training_total``; the backward computes input gradients only: the base weights are frozen,
+    and the LoRA weights' own gradients are too small to count)."""
 
     def __init__(self, causal_lm: nn.Module) -> None:
         decoder, head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()

@@ -66,3 +66,22 @@ def test_fixed_options_serve_rows_without_an_options_column():
     preset = get_preset("pubmedqa")
     [example] = to_examples([{"question": "Does it work?", "answer": "no"}], preset.task, preset.columns, "p.csv")
     assert example.options == ("yes", "no", "maybe") and example.answer == "B"
+
+
+def test_user_content_keeps_semievols_order_unless_the_question_goes_last():
+    from dataclasses import replace
+    from semift_lightning.records import Example
+    task = get_preset("fpb").task
+    example = Example("1", " Profit rose . ", "C", ("negative", "neutral", "positive"))
+    options = "Options:\nA. negative\nB. neutral\nC. positive"
+    proposed = "Proposed answers (they disagree; pick the correct one):\n- B. neutral\n- C. positive"
+    instruction = "Answer with the letter of the sentiment."
+    candidates = ["B. neutral", "C. positive"]
+    assert task.user_content(example) == f"Profit rose .\n\n{options}\n\n{instruction}"
+    assert task.user_content(example, candidates) == f"Profit rose .\n\n{options}\n\n{proposed}\n\n{instruction}"
+    last = replace(task, question_last=True)
+    assert last.user_content(example) == f"{options}\n\n{instruction}\n\nProfit rose ."
+    assert last.user_content(example, candidates) == f"{options}\n\n{instruction}\n\nProfit rose .\n\n{proposed}"
+    numeric = get_preset("numeric").task
+    assert numeric.user_content(Example("2", "What is 2+2?", "4", None)) == \
+        "What is 2+2?\n\nGive the final answer as a number."
