@@ -363,9 +363,20 @@ class SemiFTDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         return {"pseudo_labels": self.pseudo_labels, "pseudo_round": self.pseudo_round,
-                "pseudo_epoch": self.pseudo_epoch}
+                "pseudo_epoch": self.pseudo_epoch, "prompt_layout": self.prompt_layout}
+
+    @property
+    def prompt_layout(self) -> dict[str, Any]:
+        """The data arguments that shape every prompt; a checkpoint records them."""
+        return {"task": self.task.name, "question_last": self.task.question_last, "system_prompt": self.system_prompt}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("prompt_layout", self.prompt_layout)
+        changed = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in self.prompt_layout.items()
+                   if saved.get(key) != value]
+        if changed:
+            rank_zero_warn(f"the checkpoint was trained on prompts built with data.{', data.'.join(changed)}: this "
+                           f"run builds its prompts differently")
         self.pseudo_labels = list(state_dict.get("pseudo_labels", []))
         self.pseudo_round = int(state_dict.get("pseudo_round", 0))
         self.pseudo_epoch = int(state_dict.get("pseudo_epoch", -1))

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 import zipfile
 
 import pytest
@@ -225,3 +226,15 @@ def test_long_prompts_drop_demonstrations_before_cutting_the_question(tiny_model
     text = tokenizer.decode(encoded.prompt_ids)
     assert encoded.truncated and len(encoded.prompt_ids) <= 160
     assert "DEMO0" in text and "DEMO3" not in text and "QUESTION" in text
+
+
+def test_a_checkpoint_built_with_other_prompts_warns_on_load(fpb_like):
+    def datamodule(**kwargs):
+        return SemiFTDataModule(task="fpb", root=str(fpb_like), labeled="fpb/labeled.csv", **kwargs)
+    saved = datamodule(question_last=True).state_dict()
+    with pytest.warns(UserWarning, match=r"data\.question_last=True \(now False\)"):
+        datamodule().load_state_dict(saved)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        datamodule(question_last=True).load_state_dict(saved)
+        datamodule().load_state_dict({"pseudo_labels": []})  # a checkpoint from before layouts were recorded
