@@ -27,10 +27,9 @@ from torch.utils.data import DataLoader
 from measure import ModelFlops, machine, mib, peak_memory_mib, run_sides
 from semift_lightning import SemiFTDataModule, SemiFTModule
 from semift_lightning.cli import default_precision
+from semift_lightning.datamodule import IGNORE_INDEX
 from semift_lightning.model import SMOLLM2_135M_INSTRUCT
 from semift_lightning.prompts import PromptBuilder
-
-IGNORE_INDEX = -100
 
 
 def data_and_module(args) -> tuple[SemiFTDataModule, SemiFTModule]:

@@ -371,8 +371,9 @@ class SemiFTDataModule(L.LightningDataModule):
         return {"task": self.task.name, "question_last": self.task.question_last, "system_prompt": self.system_prompt}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("prompt_layout", self.prompt_layout)
-        changed = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in self.prompt_layout.items()
+        current = self.prompt_layout
+        saved = state_dict.get("prompt_layout", current)
+        changed = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in current.items()
                    if saved.get(key) != value]
         if changed:
             rank_zero_warn(f"the checkpoint was trained on prompts built with data.{', data.'.join(changed)}: this "
