@@ -1,16 +1,18 @@
 """Training speed: `semift fit`'s training loop against a plain PyTorch + peft loop, same model, data and batch size.
 
     python benchmarks/speed_training.py --data-root ../shared/data/semievol [--epochs 1] [--seed 0] [--question-last]
+        [--gradient-checkpointing]
 
 Ours: SemiFTModule + SemiFTDataModule in a Lightning Trainer at the precision `semift` picks (bf16-mixed where bf16
 is fast, else 32-true), length-grouped batches, the prompt opening all items of a batch share run once for the
 batch (`share_prompt_prefix`), logits only at the answer tokens.
 Plain (what a typical script does): the same model, LoRA settings and prompt/answer token ids, fp32, shuffled
 batches right-padded to their longest item, Hugging Face's loss from logits at every position, AdamW.
-Each runs in its own subprocess, one after the other (so each peak RSS is its own), on FPB's labeled set. The
-script prints tokens per second (prompt and answer tokens, padding not counted), the ratio, the achieved TFLOP/s
-(model FLOPs of what each computes, see measure.ModelFlops) against GEMM peaks measured in the same command, and
-the peak RSS of each process.
+With --gradient-checkpointing a third run, ours with `gradient_checkpointing`, shows what recomputing the layers
+saves in memory and costs in time. Each runs in its own subprocess, one after the other (so each peak RSS is its
+own), on FPB's labeled set. The script prints tokens per second (prompt and answer tokens, padding not counted),
+the ratios, the achieved TFLOP/s (model FLOPs of what each computes, see measure.ModelFlops) against GEMM peaks
+measured in the same command, and the peak RSS of each process.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from semift_lightning.model import SMOLLM2_135M_INSTRUCT
 from semift_lightning.prompts import PromptBuilder
 
 
-def data_and_module(args) -> tuple[SemiFTDataModule, SemiFTModule]:
+def data_and_module(args, gradient_checkpointing: bool = False) -> tuple[SemiFTDataModule, SemiFTModule]:
     datamodule = SemiFTDataModule(task="fpb", root=args.data_root, labeled="fpb/labeled.csv", batch_size=args.batch_size,
                                   seed=args.seed, question_last=args.question_last)
-    return datamodule, SemiFTModule(model=args.model, optimizer={"lr": 3e-4, "warmup_ratio": 0.05})
+    return datamodule, SemiFTModule(model=args.model, optimizer={"lr": 3e-4, "warmup_ratio": 0.05},
+                                    gradient_checkpointing=gradient_checkpointing)
 
 
 class Meter(L.Callback):
@@ -56,9 +59,9 @@ class Meter(L.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-def run_ours(args) -> dict:
+def run_ours(args, gradient_checkpointing: bool = False) -> dict:
     L.seed_everything(args.seed)
-    datamodule, module = data_and_module(args)
+    datamodule, module = data_and_module(args, gradient_checkpointing)
     meter = Meter()
     trainer = L.Trainer(max_epochs=args.epochs, precision=default_precision(), logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
@@ -119,15 +122,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--question-last", action="store_true",
                         help="both loops train on prompts with the question after the options and instruction")
-    parser.add_argument("--only", choices=["ours", "plain"], help=argparse.SUPPRESS)  # one side, in a subprocess
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="also run ours with gradient checkpointing")
+    sides = {"ours": run_ours, "ours, checkpointed": lambda args: run_ours(args, gradient_checkpointing=True),
+             "plain": run_plain}
+    parser.add_argument("--only", choices=list(sides), help=argparse.SUPPRESS)  # one side, in a subprocess
     args = parser.parse_args()
     if args.only:
-        result = (run_ours if args.only == "ours" else run_plain)(args)
+        result = sides[args.only](args)
         print("RESULT " + json.dumps({**result, **peak_memory_mib()}), flush=True)
         return
     print(f"machine: {machine()}; seed {args.seed}; FPB labeled set, batch size {args.batch_size}, "
           f"{args.epochs} epoch(s), question {'last' if args.question_last else 'first'}")
-    results = run_sides(__file__, ("ours", "plain"))
+    chosen = [side for side in sides if args.gradient_checkpointing or side != "ours, checkpointed"]
+    results = run_sides(__file__, tuple(chosen))
     print("| loop | steps | seconds | tokens/s | achieved TFLOP/s | share of best GEMM peak | peak RSS MiB | peak GPU MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for side, r in results.items():
@@ -135,6 +143,10 @@ def main() -> None:
               f"{r['peak_share']:.1%} | {mib(r['peak_rss_mib'])} | {mib(r['peak_gpu_mib'])} |")
     speed = {side: r["tokens"] / r["seconds"] for side, r in results.items()}
     print(f"speed ratio (ours / plain, tokens per second): {speed['ours'] / speed['plain']:.2f}x")
+    if args.gradient_checkpointing:
+        checkpointed, ours = results["ours, checkpointed"], results["ours"]
+        print(f"gradient checkpointing: {speed['ours, checkpointed'] / speed['ours']:.2f}x ours' speed, "
+              f"{checkpointed['peak_rss_mib'] / ours['peak_rss_mib']:.2f}x its peak RSS")
 
 
 if __name__ == "__main__":

@@ -85,13 +85,18 @@ class SemiFTModule(L.LightningModule):
             (the chat template's system turn, the task's opening words) once for the batch instead of once per
             item; the results are the same up to rounding. Unset: on a CPU, where arithmetic is the cost, and not
             on an accelerator, where a small model's batch is bound by kernel launches, which a second pass adds.
+        gradient_checkpointing: keep only each decoder layer's input in training and recompute the layer in the
+            backward pass: activation memory drops to about one layer's worth for about a third more compute.
+            Training then runs every prompt in full (a recomputed layer cannot continue from a shared opening's
+            cache); inference still shares it.
         trust_remote_code: allow model code from the model's folder to run (off unless you set it).
         cache_dir: cache for ``pypi:`` model assets (default ``$SEMIFT_CACHE`` or ~/.cache/semift).
     """
 
     def __init__(self, model: str = SMOLLM2_135M_INSTRUCT, lora: LoRAArgs = LoRAArgs(),
                  optimizer: OptimizerArgs = OptimizerArgs(), adapter: Optional[str] = None, base_dtype: str = "auto",
-                 max_new_tokens: int = 32, share_prompt_prefix: Optional[bool] = None, trust_remote_code: bool = False,
+                 max_new_tokens: int = 32, share_prompt_prefix: Optional[bool] = None,
+                 gradient_checkpointing: bool = False, trust_remote_code: bool = False,
                  cache_dir: Optional[str] = None) -> None:
         super().__init__()
         lora, optimizer = _as(LoRAArgs, lora), _as(OptimizerArgs, optimizer)
@@ -101,10 +106,11 @@ class SemiFTModule(L.LightningModule):
             raise ValueError("invalid model arguments:\n- " + "\n- ".join(problems))
         self.save_hyperparameters({"model": model, "lora": asdict(lora), "optimizer": asdict(optimizer),
                                    "adapter": adapter, "base_dtype": base_dtype, "max_new_tokens": max_new_tokens,
-                                   "share_prompt_prefix": share_prompt_prefix})
+                                   "share_prompt_prefix": share_prompt_prefix,
+                                   "gradient_checkpointing": gradient_checkpointing})
         self.lora, self.optim_args = lora, optimizer
         self.adapter, self.base_dtype, self.max_new_tokens = adapter, base_dtype, max_new_tokens
-        self.share_prompt_prefix = share_prompt_prefix
+        self.share_prompt_prefix, self.gradient_checkpointing = share_prompt_prefix, gradient_checkpointing
         self.trust_remote_code = trust_remote_code
         self.source = ModelSource.resolve(model, cache_dir)
         self.tokenizer = self.source.load_tokenizer(trust_remote_code)
@@ -149,6 +155,9 @@ class SemiFTModule(L.LightningModule):
         base = self.source.load_model(self._base_weight_dtype(), len(self.tokenizer), self.trust_remote_code)
         base.config.pad_token_id = self.tokenizer.pad_token_id
         base.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        if self.gradient_checkpointing:  # non-reentrant: the frozen embeddings need not require gradients
+            enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
+            enable({"use_reentrant": False})
         if self.adapter:
             self.model = PeftModel.from_pretrained(base, self.adapter, is_trainable=True)
         else:
@@ -177,6 +186,7 @@ class SemiFTModule(L.LightningModule):
         run once, as a cache the items continue from, and their count of columns is not returned; in the columns
         that are, those before a shorter item's own tokens mean nothing, like padding."""
         share = self.device.type == "cpu" if self.share_prompt_prefix is None else self.share_prompt_prefix
+        share = share and not (self.gradient_checkpointing and self.training and torch.is_grad_enabled())
         shared = shared_prefix_length(input_ids, attention_mask, keep_last) if share else 0
         if shared == 0:
             return self.hidden_states(input_ids, attention_mask), 0

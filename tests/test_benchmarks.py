@@ -26,12 +26,12 @@ def run(script: str, *args: str, cwd: Path) -> str:
 def test_training_speed_benchmark_prints_both_loops_and_their_ratio(tiny_model, fpb_like, tmp_path):
     (tmp_path / "cwd").mkdir()
     out = run("speed_training.py", "--data-root", str(fpb_like), "--model", tiny_model, "--batch-size", "4",
-              cwd=tmp_path / "cwd")
+              "--gradient-checkpointing", cwd=tmp_path / "cwd")
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| ours") or line.startswith("| plain")]
-    assert [row[1].strip() for row in rows] == ["ours", "plain"]
+    assert [row[1].strip() for row in rows] == ["ours", "ours, checkpointed", "plain"]
     assert all(int(row[2]) == 6 and float(row[4]) > 0 and float(row[7]) > 0 for row in rows)  # 24 items / 4
     assert "speed ratio (ours / plain, tokens per second): " in out and "GEMM peaks: " in out
-    assert "question first" in out
+    assert "question first" in out and "gradient checkpointing: " in out
 
 
 def test_model_flops_count_every_decoder_call_and_every_position_the_head_sees(tiny_model):

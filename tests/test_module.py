@@ -1,4 +1,4 @@
-"""The module's shared-prompt-prefix computation against the plain one."""
+"""The module's shared-prompt-prefix computation and gradient checkpointing against the plain computation."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ def _loss_and_grads(module: SemiFTModule, batch: dict) -> tuple[torch.Tensor, di
     return loss.detach(), {name: p.grad.clone() for name, p in module.named_parameters() if p.requires_grad}
 
 
-def test_shared_prompt_prefix_runs_once_per_batch_and_changes_nothing_but_rounding(tiny_model, fpb_like):
-    module = SemiFTModule(model=tiny_model)
+def _module_and_batch(tiny_model, fpb_like, **module_args) -> tuple[SemiFTModule, dict]:
+    """A tiny module with non-zero LoRA B weights (seeded) and a left-padded batch of six FPB-like items."""
+    module = SemiFTModule(model=tiny_model, **module_args)
     module.configure_model()
     module.log = lambda *args, **kwargs: None  # no trainer here
     torch.manual_seed(0)
@@ -28,9 +29,12 @@ def test_shared_prompt_prefix_runs_once_per_batch_and_changes_nothing_but_roundi
     datamodule = SemiFTDataModule(task="fpb", root=str(fpb_like), labeled="fpb/labeled.csv")
     datamodule.prompts = PromptBuilder(module.tokenizer, datamodule.task, datamodule.max_length)
     items = datamodule.encode("labeled", datamodule.load_split("labeled"), with_target=True)[:6]
-    batch = Collator(module.tokenizer.pad_token_id)(items)
     assert len({len(item["input_ids"]) for item in items}) > 1  # left padding is exercised
+    return module, Collator(module.tokenizer.pad_token_id)(items)
 
+
+def test_shared_prompt_prefix_runs_once_per_batch_and_changes_nothing_but_rounding(tiny_model, fpb_like):
+    module, batch = _module_and_batch(tiny_model, fpb_like)
     calls = []
     module.decoder.register_forward_pre_hook(lambda _, args, kwargs: calls.append(kwargs["input_ids"].shape),
                                              with_kwargs=True)
@@ -81,3 +85,29 @@ def test_question_last_makes_a_fixed_option_task_share_its_options_and_instructi
         assert (prompt.index(examples[0].question.strip()) > prompt.index(datamodule.task.instruction)) == question_last
     assert "Options:" not in openings[False]
     assert "Options:\nA. negative\nB. neutral\nC. positive\n\nAnswer with the letter of the sentiment." in openings[True]
+
+
+def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_loss_and_gradients(tiny_model, fpb_like):
+    plain, batch = _module_and_batch(tiny_model, fpb_like)  # shares the prompt opening (a CPU)
+    checkpointed, same_batch = _module_and_batch(tiny_model, fpb_like, gradient_checkpointing=True)
+    calls = {"plain": 0, "checkpointed": 0}
+    for name, module in (("plain", plain), ("checkpointed", checkpointed)):
+        mlp = module.decoder.layers[0].mlp  # counted in forward itself: the recompute runs no module hooks
+
+        def counted(*args, key=name, forward=mlp.forward):
+            calls[key] += 1
+            return forward(*args)
+        mlp.forward = counted
+    plain_loss, plain_grads = _loss_and_grads(plain, batch)
+    assert calls["plain"] == 2  # the shared opening, then the tails
+    checkpointed.zero_grad()
+    loss = checkpointed.training_step(same_batch, 0)
+    assert calls["checkpointed"] == 1  # every prompt in full
+    loss.backward()
+    assert calls["checkpointed"] == 2  # and once more in the backward pass
+    grads = {name: p.grad for name, p in checkpointed.named_parameters() if p.requires_grad}
+    torch.testing.assert_close(loss, plain_loss)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # inference keeps sharing the opening
+        assert checkpointed.tail_hidden_states(batch["input_ids"], batch["attention_mask"], keep_last=1)[1] > 0
