@@ -33,6 +33,8 @@ from semift_lightning.datamodule import IGNORE_INDEX
 from semift_lightning.model import SMOLLM2_135M_INSTRUCT
 from semift_lightning.prompts import PromptBuilder
 
+CHECKPOINTED = "ours, checkpointed"  # the side --gradient-checkpointing adds
+
 
 def data_and_module(args, gradient_checkpointing: bool = False) -> tuple[SemiFTDataModule, SemiFTModule]:
     datamodule = SemiFTDataModule(task="fpb", root=args.data_root, labeled="fpb/labeled.csv", batch_size=args.batch_size,
@@ -124,7 +126,7 @@ def main() -> None:
                         help="both loops train on prompts with the question after the options and instruction")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="also run ours with gradient checkpointing")
-    sides = {"ours": run_ours, "ours, checkpointed": lambda args: run_ours(args, gradient_checkpointing=True),
+    sides = {"ours": run_ours, CHECKPOINTED: lambda args: run_ours(args, gradient_checkpointing=True),
              "plain": run_plain}
     parser.add_argument("--only", choices=list(sides), help=argparse.SUPPRESS)  # one side, in a subprocess
     args = parser.parse_args()
@@ -134,7 +136,7 @@ def main() -> None:
         return
     print(f"machine: {machine()}; seed {args.seed}; FPB labeled set, batch size {args.batch_size}, "
           f"{args.epochs} epoch(s), question {'last' if args.question_last else 'first'}")
-    chosen = [side for side in sides if args.gradient_checkpointing or side != "ours, checkpointed"]
+    chosen = [side for side in sides if args.gradient_checkpointing or side != CHECKPOINTED]
     results = run_sides(__file__, tuple(chosen))
     print("| loop | steps | seconds | tokens/s | achieved TFLOP/s | share of best GEMM peak | peak RSS MiB | peak GPU MiB |")
     print("|---|---|---|---|---|---|---|---|")
@@ -144,8 +146,8 @@ def main() -> None:
     speed = {side: r["tokens"] / r["seconds"] for side, r in results.items()}
     print(f"speed ratio (ours / plain, tokens per second): {speed['ours'] / speed['plain']:.2f}x")
     if args.gradient_checkpointing:
-        checkpointed, ours = results["ours, checkpointed"], results["ours"]
-        print(f"gradient checkpointing: {speed['ours, checkpointed'] / speed['ours']:.2f}x ours' speed, "
+        checkpointed, ours = results[CHECKPOINTED], results["ours"]
+        print(f"gradient checkpointing: {speed[CHECKPOINTED] / speed['ours']:.2f}x ours' speed, "
               f"{checkpointed['peak_rss_mib'] / ours['peak_rss_mib']:.2f}x its peak RSS")
 
 
