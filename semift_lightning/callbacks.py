@@ -23,14 +23,16 @@ from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, ran
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm.auto import tqdm
 
+from semift_lightning.errors import ArgumentError
 from semift_lightning.io import atomic_write_jsonl
 from semift_lightning.module import option_vote
 from semift_lightning.parsing import LETTERS
 from semift_lightning.records import Example
 
 STUDENT, BASE = "student", "base"
+PROMPT, LABEL_PROPAGATION = "prompt", "label_propagation"
+COMBINE_MODES = ("vote", "mean_probs", "mean_log_probs")
 DATAMODULE_NEEDS = ("task", "load_split", "pool_loader", "set_pseudo_labels", "pseudo_round", "unlabeled_gold")
-MODULE_NEEDS = ("tokenizer", "hidden_states", "option_log_probs", "generate_with_nll")
 
 
 @dataclass
@@ -39,10 +41,15 @@ class View:
 
     Args:
         adapter: "student" (the adapter being trained), "base" (adapters disabled) or a saved adapter folder.
-        k: demonstrations in the prompt, from in-context propagation (0 = none).
+        k: demonstrations in the prompt, from in-context propagation (0 = none); with ``kind:
+            label_propagation``, the neighbours that vote.
         neighbour_offset: skip this many nearest neighbours (another view can use the next-nearest ones).
         temperature: 0 decodes greedily; above 0 samples (free-form tasks; closed-form views score options).
         seed: sampling seed.
+        kind: "prompt" (a model answers a prompt) or "label_propagation": no model pass; the item's ``k`` nearest
+            labeled items (from in-context propagation) vote with their gold answers, weighted by cosine
+            similarity, and the weighted answer histogram is the view's distribution. Closed-form tasks whose
+            items share their options (sentiment, yes/no/maybe).
     """
 
     adapter: str = STUDENT
@@ -50,6 +57,7 @@ class View:
     neighbour_offset: int = 0
     temperature: float = 0.0
     seed: int = 0
+    kind: str = PROMPT
 
 
 def normalized_entropy(probs: torch.Tensor) -> float:
@@ -81,7 +89,7 @@ class SemiEvolStage(L.Callback):
                                                 refresh_every_n_epochs=refresh_every_n_epochs, rounds=rounds,
                                                 **arguments)
         if problems:
-            raise ValueError(f"invalid {type(self).__name__} arguments:\n- " + "\n- ".join(problems))
+            raise ArgumentError(f"invalid {type(self).__name__} arguments:\n- " + "\n- ".join(problems))
         self.warmup_epochs = warmup_epochs
         self.refresh_every_n_epochs = refresh_every_n_epochs
         self.rounds = rounds
@@ -118,12 +126,20 @@ class SemiEvolStage(L.Callback):
         if stage != "fit":
             return
         datamodule = trainer.datamodule
-        missing = [f"datamodule.{name}" for name in DATAMODULE_NEEDS if not hasattr(datamodule, name)]
-        missing += [f"module.{name}" for name in MODULE_NEEDS if not hasattr(pl_module, name)]
+        stages = [cb for cb in trainer.callbacks if isinstance(cb, SemiEvolStage)]
+        missing = [f"datamodule.{name}" for name in [*DATAMODULE_NEEDS, *self.datamodule_needs()]
+                   if not hasattr(datamodule, name)]
+        if type(datamodule).state_dict is L.LightningDataModule.state_dict:
+            missing.append("datamodule.state_dict / load_state_dict (the pseudo-labels must live in checkpoints, "
+                           "or a resumed run trains on none)")
+        if hasattr(datamodule, "task"):
+            needed = self.module_needs(datamodule.task)
+            if not any(isinstance(stage, CollaborativeVoting) for stage in stages):  # the round's default voting
+                needed += CollaborativeVoting().module_needs(datamodule.task)
+            missing += [f"module.{name}" for name in needed if not hasattr(pl_module, name)]
         if missing:
             raise AttributeError(f"{type(self).__name__} needs {', '.join(missing)}; see the plug-in contract in "
                                  f"the README")
-        stages = [cb for cb in trainer.callbacks if isinstance(cb, SemiEvolStage)]
         for other in stages:
             if other.schedule != self.schedule:
                 raise ValueError(f"{type(self).__name__} and {type(other).__name__} need the same schedule "
@@ -138,6 +154,14 @@ class SemiEvolStage(L.Callback):
 
     def check(self, trainer: L.Trainer, datamodule: Any, stages: list["SemiEvolStage"]) -> None:
         """Callback-specific checks that need the trainer, before training starts."""
+
+    def module_needs(self, task: Any) -> list[str]:
+        """What this callback calls on the LightningModule, for ``task``."""
+        return []
+
+    def datamodule_needs(self) -> list[str]:
+        """What this callback calls on the DataModule beyond ``DATAMODULE_NEEDS``."""
+        return []
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # With validation at an epoch's end, ModelCheckpoint saves when it ends, before on_train_epoch_end: the
@@ -188,6 +212,9 @@ class InContextPropagation(SemiEvolStage):
     def argument_problems(cls, k: int = 3, **schedule: Any) -> list[str]:
         return super().argument_problems(**schedule) + ([f"k: must be at least 0, got {k}"] if k < 0 else [])
 
+    def module_needs(self, task: Any) -> list[str]:
+        return ["hidden_states"] if self.k else []
+
     def check(self, trainer, datamodule, stages) -> None:
         labeled = datamodule.load_split("labeled")
         if self.k > len(labeled):
@@ -195,6 +222,13 @@ class InContextPropagation(SemiEvolStage):
 
     def neighbours(self, trainer: L.Trainer, module: L.LightningModule, datamodule: Any,
                    pool: Sequence[Example]) -> dict[str, list[Example]]:
+        """Each pool item's ``k`` nearest labeled items, nearest first."""
+        found = self.similar(trainer, module, datamodule, pool)
+        return {key: [example for example, _ in row] for key, row in found.items()}
+
+    def similar(self, trainer: L.Trainer, module: L.LightningModule, datamodule: Any,
+                pool: Sequence[Example]) -> dict[str, list[tuple[Example, float]]]:
+        """Each pool item's ``k`` nearest labeled items with their cosine similarities, nearest first."""
         if self.k == 0:
             return {}
         labeled = datamodule.load_split("labeled")
@@ -203,8 +237,9 @@ class InContextPropagation(SemiEvolStage):
         pool_vectors = _map_pool(trainer, datamodule, "unlabeled", pool, embed, "embedding unlabeled", embed=True)
         keys = torch.stack([labeled_vectors[e.id] for e in labeled])
         queries = torch.stack([pool_vectors[e.id] for e in pool])
-        nearest = (queries @ keys.T).topk(self.k, dim=1).indices.tolist()
-        return {example.id: [labeled[j] for j in row] for example, row in zip(pool, nearest)}
+        nearest = (queries @ keys.T).topk(self.k, dim=1)
+        return {example.id: [(labeled[j], similarity) for j, similarity in zip(rows, values)]
+                for example, rows, values in zip(pool, nearest.indices.tolist(), nearest.values.tolist())}
 
 
 class CollaborativeVoting(SemiEvolStage):
@@ -214,35 +249,52 @@ class CollaborativeVoting(SemiEvolStage):
     Args:
         views: the views; for closed-form tasks each is one forward pass that scores all options.
         self_justification: resolve disagreements with the student; otherwise the majority (ties: least
-            uncertain) wins.
+            uncertain) wins. Only with ``combine: vote``.
         average_candidate_orders: closed-form tasks: show a dispute's candidates once in each cyclic rotation of
             option order (each candidate listed first once) and average the option distributions, so that the
             pick does not hang on which candidate comes first (a small student favours a position). Off: one pass
             in option order. Free-form answers are generated, not scored, so they always take one pass.
+        combine: how the views' answers make one (closed-form tasks for the distribution modes). "vote": an
+            answer all answering views agree on, else self-justification or the majority. "mean_probs": the most
+            likely option of the views' mean option distribution, whose normalised entropy is the uncertainty.
+            "mean_log_probs": the same for the normalised mean of their log-probabilities (a product of experts:
+            an option any view rules out loses).
         warmup_epochs: labeled-only epochs before the first round (the same in every SemiEvol callback).
         refresh_every_n_epochs: epochs between rounds.
         rounds: how many pseudo-labeling rounds to run.
     """
 
     def __init__(self, views: Optional[list[View]] = None, self_justification: bool = True,
-                 average_candidate_orders: bool = True, warmup_epochs: int = 1, refresh_every_n_epochs: int = 1,
-                 rounds: int = 1) -> None:
+                 average_candidate_orders: bool = True, combine: str = "vote", warmup_epochs: int = 1,
+                 refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
         views = _as_views(views)
-        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds, views=views)
+        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds, views=views,
+                         self_justification=self_justification, combine=combine)
         self.views = views
         self.self_justification = self_justification
         self.average_candidate_orders = average_candidate_orders
+        self.combine = combine
 
     @classmethod
-    def argument_problems(cls, views: Optional[list] = None, **schedule: Any) -> list[str]:
+    def argument_problems(cls, views: Optional[list] = None, self_justification: bool = True, combine: str = "vote",
+                          **schedule: Any) -> list[str]:
         problems = super().argument_problems(**schedule)
         views = _as_views(views)
         if not views:
             problems.append("views: needs at least one view (n >= 1)")
+        if combine not in COMBINE_MODES:
+            problems.append(f"combine: must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
+        elif combine != "vote" and self_justification:
+            problems.append(f"combine: {combine!r} decides disputes from the views' distributions; set "
+                            f"self_justification: false")
         for i, view in enumerate(views):
             if view.k < 0 or view.neighbour_offset < 0:
                 problems.append(f"views[{i}]: k and neighbour_offset must be at least 0, got {view.k}, "
                                 f"{view.neighbour_offset}")
+            if view.kind not in (PROMPT, LABEL_PROPAGATION):
+                problems.append(f"views[{i}].kind: must be {PROMPT!r} or {LABEL_PROPAGATION!r}, got {view.kind!r}")
+            elif view.kind == LABEL_PROPAGATION and view.k < 1:
+                problems.append(f"views[{i}].k: a label-propagation view needs at least one neighbour, got {view.k}")
             if view.temperature < 0:
                 problems.append(f"views[{i}].temperature: must be at least 0, got {view.temperature}")
             if view.adapter not in (STUDENT, BASE) and not (Path(view.adapter) / "adapter_config.json").is_file():
@@ -250,7 +302,16 @@ class CollaborativeVoting(SemiEvolStage):
                                 f"adapter folder (no adapter_config.json)")
         return problems
 
+    def module_needs(self, task: Any) -> list[str]:
+        scoring = ["option_log_probs"] if task.closed_form else ["generate_with_nll"]
+        return scoring + (["model"] if any(view.adapter != STUDENT for view in self.views) else [])
+
     def check(self, trainer, datamodule, stages) -> None:
+        closed_only = [f"views[{i}] (kind {LABEL_PROPAGATION})" for i, view in enumerate(self.views)
+                       if view.kind == LABEL_PROPAGATION] + ([f"combine={self.combine!r}"] if self.combine != "vote" else [])
+        if closed_only and not datamodule.task.closed_form:
+            raise ValueError(f"CollaborativeVoting: {', '.join(closed_only)} needs a closed-form task; "
+                             f"{datamodule.task.name!r} has free-form answers")
         icp = next((s for s in stages if isinstance(s, InContextPropagation)), None)
         depth = max(view.k + view.neighbour_offset for view in self.views)
         if depth and icp is None:
@@ -260,12 +321,17 @@ class CollaborativeVoting(SemiEvolStage):
             raise ValueError(f"CollaborativeVoting: a view needs {depth} neighbours (k + neighbour_offset) but "
                              f"InContextPropagation keeps k={icp.k}")
 
-    def label(self, trainer, module, datamodule, pool, neighbours) -> list[dict]:
+    def label(self, trainer, module, datamodule, pool, neighbours: dict[str, list[tuple[Example, float]]]) -> list[dict]:
+        """One record per pool item from every view's answers; ``neighbours`` as ``InContextPropagation.similar``
+        gives them."""
         task = datamodule.task
         answers = []
         for i, view in enumerate(self.views):
-            demos = {key: value[view.neighbour_offset:view.neighbour_offset + view.k]
-                     for key, value in neighbours.items()} if view.k else None
+            nearest = {key: row[view.neighbour_offset:view.neighbour_offset + view.k] for key, row in neighbours.items()}
+            if view.kind == LABEL_PROPAGATION:
+                answers.append({e.id: _label_propagation_vote(nearest[e.id], len(e.options)) for e in pool})
+                continue
+            demos = {key: [example for example, _ in row] for key, row in nearest.items()} if view.k else None
             with _adapter(module, view.adapter, f"view{i}"):
                 answers.append(_map_pool(trainer, datamodule, "unlabeled", pool, _answerer(module, task, view),
                                          f"view {i + 1}/{len(self.views)}", demonstrations=demos))
@@ -273,7 +339,10 @@ class CollaborativeVoting(SemiEvolStage):
         for example in pool:
             votes = [view_answers[example.id] for view_answers in answers]
             record = _combine(task, example, votes)
-            if record["disputed"] and self.self_justification:
+            if self.combine != "vote":
+                combined = _mean_vote(votes, log=self.combine == "mean_log_probs")
+                record.update(answer=combined["answer"], uncertainty=combined["uncertainty"])
+            elif record["disputed"] and self.self_justification:
                 disputed[example.id] = _candidates(task, example, votes)
             records.append(record)
         if disputed:
@@ -282,8 +351,10 @@ class CollaborativeVoting(SemiEvolStage):
                 if record["id"] in chosen:
                     vote = chosen[record["id"]]
                     record.update(answer=vote["answer"], uncertainty=vote["uncertainty"], justified=True)
-        for record in records:
-            record["agreement"] = sum(v == record["answer"] for v in record["view_answers"]) / len(self.views)
+        for record in records:  # over the views that answered; None where none did
+            answered = [v for v in record["view_answers"] if v is not None]
+            record["agreement"] = (sum(v == record["answer"] for v in answered) / len(answered)
+                                   if answered and record["answer"] is not None else None)
         return records
 
     def justify(self, trainer, module, datamodule, pool, disputed: dict[str, list[str]]) -> dict[str, dict]:
@@ -308,23 +379,29 @@ class EntropySelection(SemiEvolStage):
     Args:
         keep_fraction: θ, the fraction of answered items kept, in (0, 1].
         always_keep_unanimous: also keep every item all views agreed on.
-        per_answer: apply θ within each answer option separately (closed-form tasks only), so that the kept
-            items have the answer mix of the pool instead of piling up on the answer the student is surest of.
+        per_answer: apply θ within each answer separately, so that the kept items have the answer mix of the pool
+            instead of piling up on the answer the student is surest of. Free-form answers group by what they
+            mean (``Task.answer_key``: the number, or the normalised text).
         answer_mix: with ``per_answer``, whose answer mix the kept items follow. ``"pool"``: θ of each option's
             items. ``"labeled"``: θ of all answered items, shared among the options in the labeled set's
             proportions, the least uncertain of each option first; an option short of its share keeps all it
             has and the rest is not refilled. This guards against a bias every view shares (the pool piling
-            up on one option), at the cost of fewer kept items.
+            up on one option), at the cost of fewer kept items. Closed-form tasks only.
+        restart_student: after the round, the student starts again from a fresh LoRA adapter, optimizer state and
+            learning-rate schedule, and the epochs after it train that from the base model on labeled ∪ selected
+            (as ReST-EM and Noisy Student do against confirmation bias) instead of continuing the warmed-up
+            adapter. The module needs ``restart_adapter()``.
         warmup_epochs: labeled-only epochs before the first round (the same in every SemiEvol callback).
         refresh_every_n_epochs: epochs between rounds.
         rounds: how many pseudo-labeling rounds to run.
     """
 
     def __init__(self, keep_fraction: float = 0.5, always_keep_unanimous: bool = False, per_answer: bool = False,
-                 answer_mix: str = "pool", warmup_epochs: int = 1, refresh_every_n_epochs: int = 1,
-                 rounds: int = 1) -> None:
+                 answer_mix: str = "pool", restart_student: bool = False, warmup_epochs: int = 1,
+                 refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
         super().__init__(warmup_epochs, refresh_every_n_epochs, rounds, keep_fraction=keep_fraction,
                          per_answer=per_answer, answer_mix=answer_mix)
+        self.restart_student = restart_student
         self.keep_fraction = keep_fraction
         self.always_keep_unanimous = always_keep_unanimous
         self.per_answer = per_answer
@@ -343,16 +420,24 @@ class EntropySelection(SemiEvolStage):
         return problems
 
     def check(self, trainer, datamodule, stages) -> None:
-        if self.per_answer and not datamodule.task.closed_form:
-            raise ValueError(f"EntropySelection: per_answer=True needs a closed-form task; {datamodule.task.name!r} "
-                             f"has free-form answers")
+        if self.answer_mix == "labeled" and not datamodule.task.closed_form:
+            raise ValueError(f"EntropySelection: answer_mix='labeled' needs a closed-form task; "
+                             f"{datamodule.task.name!r} has free-form answers")
 
-    def select(self, records: list[dict], labeled_answers: Sequence[str] = ()) -> Optional[float]:
+    def module_needs(self, task: Any) -> list[str]:
+        return ["restart_adapter"] if self.restart_student else []
+
+    def datamodule_needs(self) -> list[str]:
+        return ["labeled_answers"] if self.answer_mix == "labeled" else []
+
+    def select(self, records: list[dict], labeled_answers: Sequence[str] = (), task: Any = None) -> Optional[float]:
         """Sets every record's ``selected`` flag (a record without an answer or with an infinite uncertainty is
         never kept); returns the threshold (with ``per_answer``, the largest of the answers').
 
-        ``labeled_answers``: the labeled set's gold answers, which ``answer_mix="labeled"`` needs.
+        ``labeled_answers``: the labeled set's gold answers, which ``answer_mix="labeled"`` needs. ``task``: its
+        ``answer_key`` groups answers that mean the same (unset: the answers as they are).
         """
+        key = task.answer_key if task is not None else (lambda answer: answer)
         if self.answer_mix == "labeled" and not labeled_answers:
             raise ValueError("EntropySelection: answer_mix='labeled' needs the labeled set's answers; none given")
         for record in records:
@@ -360,8 +445,8 @@ class EntropySelection(SemiEvolStage):
         answered = [r for r in records if selectable(r)]
         groups: dict[Optional[str], list[dict]] = {}
         for record in answered:
-            groups.setdefault(record["answer"] if self.per_answer else None, []).append(record)
-        shares = Counter(labeled_answers)
+            groups.setdefault(key(record["answer"]) if self.per_answer else None, []).append(record)
+        shares = Counter(map(key, labeled_answers))
         thresholds = []
         for answer, group in groups.items():
             if self.answer_mix == "labeled":
@@ -398,14 +483,17 @@ def run_round(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, st
     module.eval()
     try:
         with torch.no_grad(), trainer.precision_plugin.forward_context():
-            neighbours = icp.neighbours(trainer, module, datamodule, pool) if icp else {}
+            neighbours = icp.similar(trainer, module, datamodule, pool) if icp else {}
             records = voting.label(trainer, module, datamodule, pool, neighbours)
     finally:
         module.train(was_training)
     for record in records:
         record.update(round=index, selected=selectable(record))
-    threshold = selection.select(records, datamodule.labeled_answers()) if selection else None
+    labeled_answers = datamodule.labeled_answers() if selection and selection.answer_mix == "labeled" else ()
+    threshold = selection.select(records, labeled_answers, datamodule.task) if selection else None
     datamodule.set_pseudo_labels(records, index)
+    if selection and selection.restart_student:
+        module.restart_adapter()
     metrics = _round_metrics(records, datamodule.unlabeled_gold, datamodule.task, threshold, index)
     _log_round(trainer, module, records, metrics)
     return metrics
@@ -528,13 +616,27 @@ def _combine(task, example: Example, votes: list[dict]) -> dict:
     return {**record, "answer": best[0]["answer"], "uncertainty": uncertainty}
 
 
-def _mean_vote(votes: list[dict]) -> dict:
-    """One closed-form vote from several: the mean option distribution of those that answered, its most likely
-    option and normalised entropy."""
+def _mean_vote(votes: list[dict], log: bool = False) -> dict:
+    """One closed-form vote from several: the mean option distribution of those that answered (``log``: the
+    normalised mean of their log-probabilities), its most likely option and normalised entropy."""
     answered = [v["probs"] for v in votes if v["answer"] is not None]
     if not answered:
         return {"answer": None, "probs": [], "uncertainty": math.inf}
-    probs = torch.tensor(answered).mean(0)
+    probs = torch.tensor(answered)
+    probs = probs.clamp_min(1e-12).log().mean(0).softmax(0) if log else probs.mean(0)
+    return {"answer": LETTERS[int(probs.argmax())], "probs": probs.tolist(), "uncertainty": normalized_entropy(probs)}
+
+
+def _label_propagation_vote(neighbours: list[tuple[Example, float]], option_count: int) -> dict:
+    """The neighbours' gold answers as one closed-form vote: the histogram over options weighted by (non-negative)
+    cosine similarity; a neighbour whose answer is not among the item's options does not vote."""
+    probs = torch.zeros(option_count, dtype=torch.float64)
+    for example, similarity in neighbours:
+        if example.answer in LETTERS[:option_count]:
+            probs[LETTERS.index(example.answer)] += max(similarity, 0.0)
+    if not probs.sum() > 0:
+        return {"answer": None, "probs": [], "uncertainty": math.inf}
+    probs /= probs.sum()
     return {"answer": LETTERS[int(probs.argmax())], "probs": probs.tolist(), "uncertainty": normalized_entropy(probs)}
 
 
@@ -564,6 +666,13 @@ def _round_metrics(records, gold, task, threshold, index) -> dict:
         metrics["pseudo_label_accuracy"] = sum(check(r, g) for r, g in scored) / len(scored)
         chosen = [(r, g) for r, g in scored if r["selected"]]
         metrics["selected_accuracy"] = sum(check(r, g) for r, g in chosen) / len(chosen) if chosen else float("nan")
+        for i in range(len(records[0]["view_answers"])):
+            metrics[f"view{i + 1}_accuracy"] = sum(
+                _same(task, r["view_answers"][i], g, Example(r["id"], "", g)) for r, g in scored) / len(scored)
+    if task.closed_form and records:  # each view's answer mix: a view that piles onto one option shows here
+        for i in range(len(records[0]["view_answers"])):
+            for answer, count in sorted(Counter(r["view_answers"][i] for r in records if r["view_answers"][i]).items()):
+                metrics[f"view{i + 1}_answer_{answer}"] = count
     return metrics
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import copy
 import importlib
+import os
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
@@ -11,10 +15,13 @@ import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation, SemiEvolStage
 from semift_lightning.datamodule import SemiFTDataModule
-from semift_lightning.io import AtomicCheckpointIO
+from semift_lightning.errors import ArgumentError, CheckpointError, SemiFTError
+from semift_lightning.io import AtomicCheckpointIO, RunLock, read_checkpoint
 from semift_lightning.module import SemiFTModule, check_outputs
 
 
@@ -54,6 +61,22 @@ class SemiFTCLI(LightningCLI):
     """
 
     SEMIEVOL_KEYS = {"propagation": InContextPropagation, "voting": CollaborativeVoting, "selection": EntropySelection}
+    CHECKPOINT_NAMES = ("last", "best", "hpc", "registry")  # what Lightning resolves itself
+
+    @property
+    def command_config(self) -> Namespace:
+        """The parsed configuration of the subcommand that runs."""
+        return self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then read a ``ckpt_path`` file with ``read_checkpoint``'s checks and keep the model arguments as
+        the command line and config files give them: LightningCLI next merges the checkpoint's hyper-parameters into
+        them, and a checkpoint must never choose what model (or code) loads."""
+        super().parse_arguments(parser, args)
+        config = self.command_config
+        path = config.get("ckpt_path")
+        self.checkpoint = read_checkpoint(path) if path and path not in self.CHECKPOINT_NAMES else None
+        self.user_model = copy.deepcopy(config.get("model"))
 
     def add_arguments_to_parser(self, parser) -> None:
         for key, callback in self.SEMIEVOL_KEYS.items():
@@ -72,17 +95,46 @@ class SemiFTCLI(LightningCLI):
 
     def before_fit(self) -> None:  # before the logger creates its folder
         check_outputs(self.trainer, fitting=True)
+        self.lock_log_folder()
+
+    def lock_log_folder(self) -> None:
+        """Refuse a log folder that a live run writes into (rank zero holds the lock until the command ends)."""
+        self.lock = RunLock(self.trainer.log_dir or self.trainer.default_root_dir)
+        if self.trainer.is_global_zero:
+            self.lock.acquire()
+            atexit.register(self.lock.release)
+
+    def after_fit(self) -> None:
+        self.lock.release()
+
+    after_test = after_predict = after_validate = after_fit
 
     def before_test(self) -> None:
         check_outputs(self.trainer, fitting=False)
+        self.lock_log_folder()
+        if self.command_config.get("ckpt_path") == "best":  # Lightning knows a best checkpoint only in a fit's process
+            raise CheckpointError("ckpt_path=best: a separate test, validate or predict run has no fit whose best "
+                                  "checkpoint it could take; pass the checkpoint file")
+        if self.command_config.get("ckpt_path") == "last":  # Lightning would test the untrained model with a warning
+            folder = self.trainer.checkpoint_callback.dirpath if self.trainer.checkpoint_callback else None
+            folder = Path(folder or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "checkpoints")
+            if not list(folder.glob("last*.ckpt")):
+                raise CheckpointError(f"ckpt_path=last: there is no last checkpoint in {folder}; fit first, or pass "
+                                      f"a checkpoint file (without ckpt_path the untrained model is tested)")
 
-    before_predict = before_test
+    before_predict = before_validate = before_test
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self.command_config
+        if self.user_model is not None:
+            config.model = self.user_model  # not the checkpoint's hyper-parameters (see parse_arguments)
         problems = SemiFTModule.argument_problems(**vars(config.model)) + \
-            SemiFTDataModule.argument_problems(**vars(config.data))
+            SemiFTDataModule.argument_problems(**vars(config.data)) + \
+            checkpoint_conflicts(self.checkpoint, config.model, config.get("ckpt_path"))
         chosen_keys = [key for key in self.SEMIEVOL_KEYS if config.get(key) is not None]
+        if chosen_keys and self.subcommand == "fit" and not (config.data.unlabeled or config.data.source):
+            problems.append(f"data.unlabeled: a SemiEvol recipe is configured ({', '.join(chosen_keys)}) but there is "
+                            f"no unlabeled data; set data.unlabeled, or drop the recipe to train on labeled data only")
         shared = {field.name: config.semievol[field.name] for field in fields(SemiEvolSchedule)
                   if config.semievol[field.name] is not None}
         if shared and not chosen_keys:
@@ -101,12 +153,52 @@ class SemiFTCLI(LightningCLI):
                          for problem in callback.argument_problems(**vars(chosen.init_args))
                          if problem.split(":", 1)[0] not in shared]
         if problems:
-            raise ValueError("invalid arguments:\n- " + "\n- ".join(problems))
+            raise ArgumentError("invalid arguments:\n- " + "\n- ".join(problems))
+
+
+ADAPTER_SHAPE = ("r", "alpha", "target_modules")  # LoRA settings a trained adapter's tensors depend on
+
+
+def checkpoint_conflicts(checkpoint: Optional[dict], model: Namespace, path: Optional[str]) -> list[str]:
+    """Where a checkpoint's adapter was made with other LoRA settings than this run's (each an error naming both
+    values); a checkpoint of another base model is loaded onto this run's model, with a warning."""
+    if not checkpoint:
+        return []
+    saved = checkpoint.get("hyper_parameters", {})
+    now = vars(model.lora) if isinstance(model.lora, Namespace) else dict(model.lora or {})
+    comparable = lambda value: sorted(value) if isinstance(value, (list, tuple)) else value  # noqa: E731
+    problems = [f"model.lora.{key}: {path} holds an adapter made with {saved['lora'][key]!r}, this run has "
+                f"{now.get(key)!r}; pass --model.lora.{key} with the checkpoint's value"
+                for key in ADAPTER_SHAPE if key in saved.get("lora", {})
+                and comparable(saved["lora"][key]) != comparable(now.get(key))]
+    if saved.get("model") not in (None, model.model):
+        rank_zero_warn(f"{path} was trained on model {saved['model']!r}; this run loads its adapter onto "
+                       f"{model.model!r}, as model.model says")
+    return problems
+
+
+def run(args=None) -> SemiFTCLI:
+    """The ``semift`` command, raising every error (``main`` prints them)."""
+    return SemiFTCLI(SemiFTModule, SemiFTDataModule, trainer_defaults={"precision": default_precision()},
+                     seed_everything_default=42, save_config_kwargs={"overwrite": True}, args=args,
+                     auto_configure_optimizers=False)  # --model.optimizer: LightningCLI's would see no LoRA parameters
 
 
 def main(args=None) -> None:
-    SemiFTCLI(SemiFTModule, SemiFTDataModule, trainer_defaults={"precision": default_precision()}, seed_everything_default=42,
-              save_config_kwargs={"overwrite": True}, args=args)
+    """``semift``: an error in what the user gave prints its message alone and exits with status 2 (set
+    ``SEMIFT_TRACEBACK=1`` to see the traceback); a fit stopped by SIGTERM exits with status 143, so that
+    ``semift fit ... && semift test ...`` does not test a half-trained model."""
+    try:
+        run(args)
+    except SIGTERMException:  # Lightning's is a SystemExit with status 0
+        sys.stderr.write("semift: stopped by SIGTERM before the end; the last checkpoint holds the state so far "
+                         "(resume with --ckpt_path last)\n")
+        sys.exit(143)
+    except SemiFTError as err:
+        if os.environ.get("SEMIFT_TRACEBACK"):
+            raise
+        sys.stderr.write(f"semift: error: {err}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from semift_lightning.errors import ArgumentError
 from semift_lightning.parsing import LETTERS
 from semift_lightning.prompts import PromptBuilder
 from semift_lightning.records import (DataError, Example, check_fractions, read_rows, same_items, split_examples,
                                       subsample, to_examples)
-from semift_lightning.tasks import Columns, get_preset
+from semift_lightning.tasks import ColumnOverrides, get_preset, override_columns
 
 SPLITS = ("labeled", "unlabeled", "val", "test")
 OVERLAP_POLICIES = ("error", "drop", "allow")
@@ -75,6 +76,24 @@ class LengthGroupedSampler(DistributedSampler):
             yield from batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
 
 
+def carve_validation(examples: Sequence[Example], fraction: float, seed: int,
+                     by_answer: bool) -> tuple[list[Example], list[Example]]:
+    """(train, validation): a seeded ``fraction`` of ``examples`` for validation, in their original order. With
+    ``by_answer`` the fraction is taken within each answer, at least one item of an answer that has two or more."""
+    groups: dict[Optional[str], list[int]] = {}
+    for i, example in enumerate(examples):
+        groups.setdefault(example.answer if by_answer else None, []).append(i)
+    rng = random.Random(f"{seed}/val")
+    chosen: set[int] = set()
+    for answer in sorted(groups, key=str):
+        members = groups[answer]
+        count = round(fraction * len(members))
+        count = max(count, 1) if by_answer and len(members) > 1 else count
+        chosen.update(rng.sample(members, min(count, len(members) - 1)))
+    return ([e for i, e in enumerate(examples) if i not in chosen],
+            [e for i, e in enumerate(examples) if i in chosen])
+
+
 class Collator:
     """Pads on the left (for batched inference; training does not mind) with a pad id that is not eos."""
 
@@ -108,7 +127,7 @@ class SemiFTDataModule(L.LightningDataModule):
         test: test data.
         source: one file to split into labeled / unlabeled / test by ``split_fractions`` instead.
         split_fractions: labeled, unlabeled and test fractions of ``source``; they must sum to 1.
-        columns: column mapping; defaults to the task preset's.
+        columns: column mapping: the fields set here replace the task preset's, the others keep it.
         sizes: upper bounds on the items used per split.
         batch_size: training batch size per device.
         eval_batch_size: evaluation batch size per device.
@@ -129,6 +148,10 @@ class SemiFTDataModule(L.LightningDataModule):
             order: self-justification shows both). Drawn with the seed and the epoch; when on, the train
             dataloader is rebuilt every epoch.
         view_prompt_demonstrations: demonstrations in the demonstration form of ``view_prompt_fraction``.
+        val_fraction: carve a validation split of this fraction out of the labeled items (after ``sizes.labeled``
+            draws them), seeded by ``seed``; closed-form tasks carve within each answer, at least one item of every
+            answer that has two or more; the rest trains. For choosing steps, θ or a recipe on labeled data only.
+            0: no carve (``val`` names a validation file instead).
         question_last: ask each item's options and the instruction first and the question after them (see
             ``Task.user_content``). Where every item has the same options (sentiment, yes/no/maybe), every prompt
             then opens with the same tokens, which training and option scoring run once per batch instead of once
@@ -138,19 +161,19 @@ class SemiFTDataModule(L.LightningDataModule):
     def __init__(self, task: str = "multiple_choice", root: Optional[str] = None, labeled: Optional[str] = None,
                  unlabeled: Optional[str] = None, val: Optional[str] = None, test: Optional[str] = None,
                  source: Optional[str] = None, split_fractions: tuple[float, float, float] = (0.2, 0.6, 0.2),
-                 columns: Optional[Columns] = None, sizes: SplitSizes = SplitSizes(), batch_size: int = 8,
+                 columns: Optional[ColumnOverrides] = None, sizes: SplitSizes = SplitSizes(), batch_size: int = 8,
                  eval_batch_size: int = 16, max_length: int = 1024, num_workers: int = 0, seed: int = 0,
                  system_prompt: Optional[str] = None, cache_dir: Optional[str] = None, pseudo_weight: float = 1.0,
                  max_pseudo_ratio: Optional[float] = None, test_overlap: str = "error",
                  view_prompt_fraction: float = 0.0, view_prompt_demonstrations: int = 2,
-                 question_last: bool = False) -> None:
+                 question_last: bool = False, val_fraction: float = 0.0) -> None:
         super().__init__()
         problems = self.argument_problems(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         if problems:
-            raise ValueError("invalid data arguments:\n- " + "\n- ".join(problems))
+            raise ArgumentError("invalid data arguments:\n- " + "\n- ".join(problems))
         preset = get_preset(task)
         self.task = replace(preset.task, question_last=question_last)
-        self.columns = columns or preset.columns
+        self.columns = override_columns(preset.columns, columns)
         self.root = root
         self.paths = {"labeled": labeled, "unlabeled": unlabeled, "val": val, "test": test}
         self.source = source
@@ -168,6 +191,7 @@ class SemiFTDataModule(L.LightningDataModule):
         self.test_overlap = test_overlap
         self.view_prompt_fraction = view_prompt_fraction
         self.view_prompt_demonstrations = view_prompt_demonstrations
+        self.val_fraction = val_fraction
         self.prompts: Optional[PromptBuilder] = None
         self.examples: dict[str, list[Example]] = {}
         self.split_names: dict[str, str] = {}
@@ -176,6 +200,7 @@ class SemiFTDataModule(L.LightningDataModule):
         self.pseudo_labels: list[dict] = []  # the latest round's records, one per unlabeled item
         self.pseudo_round = 0
         self.pseudo_epoch = -1
+        self.answers_optional: set[str] = {"unlabeled"}  # splits whose rows may lack a gold answer
 
     @staticmethod
     def argument_problems(task: str = "multiple_choice", labeled: Optional[str] = None, test: Optional[str] = None,
@@ -183,7 +208,8 @@ class SemiFTDataModule(L.LightningDataModule):
                           sizes: Any = None, batch_size: int = 8, eval_batch_size: int = 8, max_length: int = 1024,
                           num_workers: int = 0, pseudo_weight: float = 1.0, max_pseudo_ratio: Optional[float] = None,
                           test_overlap: str = "error", view_prompt_fraction: float = 0.0,
-                          view_prompt_demonstrations: int = 2, **_: Any) -> list[str]:
+                          view_prompt_demonstrations: int = 2, val: Optional[str] = None, val_fraction: float = 0.0,
+                          **_: Any) -> list[str]:
         """Every problem with the arguments, each naming its argument; empty when all are fine."""
         problems = []
         try:
@@ -209,6 +235,11 @@ class SemiFTDataModule(L.LightningDataModule):
             problems.append(f"data.view_prompt_fraction: must be in [0, 1], got {view_prompt_fraction}")
         if view_prompt_demonstrations < 1:
             problems.append(f"data.view_prompt_demonstrations: must be at least 1, got {view_prompt_demonstrations}")
+        if not 0 <= val_fraction < 1:
+            problems.append(f"data.val_fraction: must be in [0, 1), got {val_fraction}")
+        elif val_fraction and val:
+            problems.append(f"data.val_fraction: carves validation out of the labeled data, but data.val={val!r} "
+                            f"names a validation file too; set one of them")
         if test_overlap not in OVERLAP_POLICIES:
             problems.append(f"data.test_overlap: must be one of {', '.join(OVERLAP_POLICIES)}, got {test_overlap!r}")
         for split in SPLITS:
@@ -232,6 +263,9 @@ class SemiFTDataModule(L.LightningDataModule):
         """The checked examples of ``split`` (cached); an empty list when the split is not configured."""
         if split in self.examples:
             return self.examples[split]
+        if split == "val" and self.val_fraction:
+            self.load_split("labeled")
+            return self.examples["val"]
         if self.source and split != "val":
             rows = read_rows(self.source, self.cache_dir)
             parts = split_examples(to_examples(rows, self.task, self.columns, self.source), self.split_fractions, self.seed)
@@ -240,7 +274,7 @@ class SemiFTDataModule(L.LightningDataModule):
         elif self._path(split):
             name = self._path(split)
             examples = to_examples(read_rows(name, self.cache_dir), self.task, self.columns, name,
-                                   require_answer=split != "unlabeled")
+                                   require_answer=split not in self.answers_optional)
         else:
             return []
         examples = subsample(examples, getattr(self.sizes, split), self.seed)
@@ -249,6 +283,10 @@ class SemiFTDataModule(L.LightningDataModule):
         if split == "unlabeled":  # keep gold answers apart, for the diagnostic metric only
             self.unlabeled_gold = {example.id: example.answer for example in examples}
             examples = [replace(example, answer=None) for example in examples]
+        if split == "labeled" and self.val_fraction:
+            examples, self.examples["val"] = carve_validation(examples, self.val_fraction, self.seed,
+                                                              self.task.closed_form)
+            self.split_names["val"] = f"{name} (validation part)"
         self.examples[split] = examples
         self.split_names[split] = name
         return examples
@@ -285,6 +323,8 @@ class SemiFTDataModule(L.LightningDataModule):
             module = self.trainer.lightning_module
             context = getattr(module, "max_context_length", self.max_length)  # optional for modules not ours
             self.prompts = PromptBuilder(module.tokenizer, self.task, min(self.max_length, context), self.system_prompt)
+        if stage == "predict":
+            self.answers_optional.add("test")  # predicting is for data without answers; given ones are still checked
         needed = {"fit": ["labeled"], "validate": ["val"], "test": ["test"], "predict": ["test"]}[stage]
         for split in needed:
             self._require(split)

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from semift_lightning.errors import CheckpointError, OutputError
 
 TEMPORARY_SUFFIX = ".semift-tmp"
 
@@ -69,8 +73,84 @@ def check_writable(folder: str | os.PathLike, needed_bytes: int = 0) -> Optional
     return None
 
 
+class RunLock:
+    """A lock file in a run's log folder, held by the process writing there: a second run into the folder is
+    refused while the first lives (their logs, configs and checkpoints would mix); a dead holder's lock, or one this
+    process took before, is taken over."""
+
+    NAME = ".semift-run.lock"
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.path = Path(folder) / self.NAME
+        self.owner = f"{os.getpid()} {socket.gethostname()}"
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self.path.read_text(encoding="utf-8", errors="replace").strip() if self.path.exists() else ""
+                if holder and holder != self.owner and _alive(holder):
+                    raise OutputError(f"{self.path.parent} is in use by a live run (process {holder}); give this run "
+                                      f"its own folder (--trainer.logger.init_args.save_dir or .version), or delete "
+                                      f"{self.path} if that run is gone") from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(self.owner + "\n")
+            return
+
+    def release(self) -> None:
+        if self.path.exists() and self.path.read_text(encoding="utf-8", errors="replace").strip() == self.owner:
+            self.path.unlink(missing_ok=True)
+
+
+def _alive(holder: str) -> bool:
+    """Whether the process ``"PID HOST"`` runs; one on another host counts as running (it cannot be asked)."""
+    pid, _, host = holder.partition(" ")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint loaded with ``weights_only=True`` (tensors and plain data; never code). A file that is missing,
+    damaged (truncated, empty), of another format or holding other objects raises ``CheckpointError`` naming the
+    file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {'a folder, not a' if path.is_dir() else 'no such'} checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain data, which "
+                                  f"loading would run as code (Weights only load failed)") from None
+        raise CheckpointError(f"{path}: damaged or not a checkpoint ({str(err).splitlines()[0]})") from None
+    except (OSError, EOFError, RuntimeError, IndexError, ValueError, KeyError) as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: damaged or not a checkpoint: truncated, empty or another format "
+                              f"({type(err).__name__}: {detail})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (it has no state_dict)")
+    return checkpoint
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Local checkpoints written through ``atomic_write`` (remote paths go to Lightning's own writer)."""
+    """Local checkpoints written through ``atomic_write`` (remote paths go to Lightning's own writer) and read with
+    ``read_checkpoint``'s checks."""
+
+    def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None):
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only)
+        return read_checkpoint(path)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         if "://" in str(path) or storage_options is not None:

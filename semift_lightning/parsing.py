@@ -15,7 +15,9 @@ _MARKUP = re.compile(r"[*_`#]")
 # "Answer: B.", "the answer is (B)", "Final answer - option C": the letter must stand alone.
 _ANSWER_LETTER = re.compile(r"(?i:answer)\s*(?i:is)?\s*[:=\-]?\s*(?i:option\s*)?[\(\[]?([A-Z])[\)\]]?(?![A-Za-z0-9])")
 _LEADING_LETTER = re.compile(r"^[\(\[]?([A-Z])(?:[\)\]\.:,]|$)")
-_NUMBER = re.compile(r"[-−]?\$?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?|[-−]?\$?\d+(?:\.\d+)?%?|[-−]?\.\d+%?")
+# a number as Python's float reads it (with an exponent), or with thousands separators, '$' before, '%' after; never
+# a part of digits joined by a comma that is not a thousands separator ("1,5": a decimal comma is not read)
+_NUMBER = re.compile(r"(?<!\d,)[-−]?\$?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?%?(?!,\d)")
 
 
 def normalize_text(text: str) -> str:

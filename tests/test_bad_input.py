@@ -4,9 +4,11 @@ file. Each case either loads correctly or fails before training with one error n
 import csv
 import json
 import re
+import shutil
 from dataclasses import replace
 
 import pytest
+import torch
 
 from semift_lightning import DataError, SemiFTDataModule
 from semift_lightning.records import read_rows, to_examples
@@ -211,3 +213,181 @@ def test_test_overlap_allow_warns(tmp_path):
     assert len(datamodule.load_split("labeled")) == 6
     with pytest.raises(ValueError, match="data.test_overlap: must be one of error, drop, allow, got 'ignore'"):
         SemiFTDataModule(task="fpb", test_overlap="ignore")
+
+
+# ----- the semift command: checkpoints, exit codes and messages --------------------------------------------------
+def test_the_command_line_decides_the_model_and_a_lora_mismatch_is_named(tiny_model, fpb_like, tmp_path, capsys):
+    from semift_lightning.cli import main
+    from test_security import fitted_run
+    config, last = fitted_run(tmp_path, tiny_model, fpb_like)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "-c", config, "--ckpt_path", str(last), "--model.lora.r", "4"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"model.lora.r: {last} holds an adapter made with 8, this run has 4" in error
+    assert "Traceback" not in error and "semift: error: invalid arguments:\n- model.lora.r" in error
+    moved = tmp_path / "moved_model"  # the checkpoint's model path is gone; the command line names where it is now
+    shutil.copytree(tiny_model, moved)
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["hyper_parameters"]["model"] = str(tmp_path / "no_longer_here")
+    torch.save(checkpoint, last)
+    with pytest.warns(UserWarning, match="no_longer_here"):
+        main(["test", "-c", config, "--ckpt_path", str(last), "--model.model", str(moved)])
+    assert (tmp_path / "runs" / "logs" / "test_summary.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "text", "no_state_dict"])
+def test_a_damaged_checkpoint_is_named_with_what_is_wrong(tiny_model, fpb_like, tmp_path, capsys, damage):
+    from semift_lightning.cli import main
+    from test_cli import run_config
+    config = run_config(tmp_path, tiny_model, fpb_like)
+    path = tmp_path / "damaged.ckpt"
+    buffer = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"x": torch.zeros(1000)}}, buffer)
+    content = {"empty": b"", "truncated": buffer.read_bytes()[:2000], "text": b"hello, not a checkpoint\n"}
+    if damage == "no_state_dict":
+        torch.save({"epoch": 3}, path)
+    else:
+        path.write_bytes(content[damage])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "-c", config, "--ckpt_path", str(path)])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in error
+    expected = "not a Lightning checkpoint" if damage == "no_state_dict" else "damaged or not a checkpoint"
+    assert f"semift: error: {path}: {expected}" in error
+
+
+def test_test_with_ckpt_path_last_and_no_checkpoint_is_an_error(tiny_model, fpb_like, tmp_path, capsys):
+    from semift_lightning.cli import main
+    from test_cli import run_config
+    config = run_config(tmp_path, tiny_model, fpb_like)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "-c", config, "--ckpt_path", "last"])
+    assert exit_info.value.code == 2
+    assert "ckpt_path=last: there is no last checkpoint in" in capsys.readouterr().err
+    for path, message in (("best", "ckpt_path=best: a separate test"), (str(tmp_path), "a folder, not a checkpoint")):
+        with pytest.raises(SystemExit):
+            main(["test", "-c", config, "--ckpt_path", path])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "logs" / "test_summary.json").exists()
+
+
+def test_a_recipe_without_unlabeled_data_is_refused_before_training(tiny_model, fpb_like, tmp_path, monkeypatch):
+    from pathlib import Path
+    from semift_lightning.cli import run
+    from test_cli import run_config
+    monkeypatch.setattr("semift_lightning.model.ModelSource.resolve", lambda *a, **k: pytest.fail("model loaded"))
+    recipe = Path(__file__).resolve().parents[1] / "callbacks" / "self_training.yaml"
+    with pytest.raises(ValueError, match="data.unlabeled: a SemiEvol recipe is configured .* but there is no "
+                                         "unlabeled data"):
+        run(["fit", "-c", run_config(tmp_path, tiny_model, fpb_like), "-c", str(recipe)])
+
+
+def test_sigterm_ends_a_fit_with_a_failing_exit_status(tiny_model, fpb_like, tmp_path, capsys):
+    import subprocess
+    import sys
+    from test_cli import run_config
+    config = run_config(tmp_path, tiny_model, fpb_like, epochs=3)
+    script = ("import os, signal, lightning as L\n"
+              "from semift_lightning import cli\n"
+              "class Term(L.Callback):\n"
+              "    def on_train_batch_start(self, trainer, *args):\n"
+              "        if trainer.global_step == 2: os.kill(os.getpid(), signal.SIGTERM)\n"
+              f"cli.main(['fit', '-c', {config!r}, '--trainer.callbacks+=__main__.Term'])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "stopped by SIGTERM before the end" in done.stderr
+
+
+def test_predict_takes_data_without_answers(tiny_model, tmp_path):
+    from semift_lightning.cli import main
+    from semift_lightning.testing import write_fpb_like
+    from test_cli import run_config
+    root = write_fpb_like(tmp_path / "data")
+    rows = sentiment_rows(6, seed=9)
+    write_csv(root / "fpb" / "new.csv", [{k: v for k, v in row.items() if k not in ("answer", "gt")} for row in rows])
+    write_csv(root / "fpb" / "blank.csv", [{**row, "answer": ""} for row in rows])
+    config = run_config(tmp_path, tiny_model, root)
+    for name in ("new.csv", "blank.csv"):
+        main(["predict", "-c", config, "--data.test", f"fpb/{name}"])
+        written = [json.loads(line) for line in (tmp_path / "runs" / "logs" / "predictions.jsonl").read_text().splitlines()]
+        assert len(written) == 6 and all(r["gold"] is None and r["correct"] is None and r["prediction"] for r in written)
+    write_csv(root / "fpb" / "bad.csv", [{**row, "answer": "Z"} for row in rows])  # a given answer is still checked
+    with pytest.raises(SystemExit):
+        main(["predict", "-c", config, "--data.test", "fpb/bad.csv"])
+
+
+def test_one_column_override_keeps_the_rest_of_the_preset(tmp_path):
+    rows = [{"question_id": f"q{i}", "category": "law", "question": f"Which colour is {i}?", "options": json.dumps(OPTIONS),
+             "answer": "A"} for i in range(4)]
+    path = write_csv(tmp_path / "mmlu_pro.csv", rows)
+    datamodule = SemiFTDataModule(task="mmlu_pro", labeled=str(path), columns={"question": "question"})
+    examples = datamodule.load_split("labeled")
+    assert [e.id for e in examples] == ["q0", "q1", "q2", "q3"] and {e.category for e in examples} == {"law"}
+    duplicated = write_csv(tmp_path / "dup.csv", [{**row, "question_id": "same"} for row in rows])
+    with pytest.raises(DataError, match="duplicate id 'same'"):
+        SemiFTDataModule(task="mmlu_pro", labeled=str(duplicated), columns={"question": "question"}).load_split("labeled")
+
+
+def test_a_duplicate_csv_header_is_refused(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text('question,options,answer,answer\n"Which?","[""a"", ""b""]",A,B\n')
+    with pytest.raises(DataError, match=f"{re.escape(str(path))}: the header names column\\(s\\) 'answer' more than once"):
+        read_rows(str(path))
+
+
+def test_a_log_folder_in_use_by_a_live_run_is_refused(tmp_path):
+    import subprocess
+    import sys
+    from semift_lightning.io import RunLock
+    from semift_lightning.errors import OutputError
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = RunLock(tmp_path)
+        lock.path.write_text(f"{holder.pid} {lock.owner.split(' ', 1)[1]}\n")
+        with pytest.raises(OutputError, match=f"{tmp_path} is in use by a live run \\(process {holder.pid} "):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = RunLock(tmp_path)
+    lock.acquire()  # the holder is gone: its lock is taken over
+    assert lock.path.read_text().strip() == lock.owner
+    lock.release()
+    assert not lock.path.exists()
+
+
+def test_truncated_model_weights_are_named(tiny_model, tmp_path):
+    from semift_lightning.errors import ModelError
+    from semift_lightning.model import ModelSource
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelError, match=f"the weights \\({re.escape(str(weights))}\\) are damaged or truncated"):
+        ModelSource.resolve(str(folder)).load_model(torch.float32, 0)
+
+
+def test_an_input_error_prints_one_message_and_exits_2(tiny_model, fpb_like, tmp_path, capsys, monkeypatch):
+    from semift_lightning.cli import main
+    from test_cli import run_config
+    config = run_config(tmp_path, tiny_model, fpb_like)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", config, "--data.labeled", "fpb/missing.csv"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in error
+    assert error.strip().endswith(f"semift: error: {fpb_like / 'fpb' / 'missing.csv'}: no such file")
+    monkeypatch.setenv("SEMIFT_TRACEBACK", "1")  # the traceback, when asked for
+    with pytest.raises(DataError, match="missing.csv: no such file"):
+        main(["fit", "-c", config, "--data.labeled", "fpb/missing.csv"])
+
+
+def test_scientific_notation_scores_by_value():
+    from semift_lightning.records import Example
+    from semift_lightning.tasks import get_preset
+    task = get_preset("numeric").task
+    gold = Example("1", "q", "1.5e3")
+    assert task.is_correct("1500", gold) and not task.is_correct("3", gold)
+    with pytest.raises(ValueError, match="holds no finite number"):
+        task.canonical_answer("1e999", None)

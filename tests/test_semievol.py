@@ -265,11 +265,29 @@ def test_view_prompt_fraction_trains_on_demonstration_and_proposed_answer_prompt
         SemiFTDataModule(task="fpb", view_prompt_fraction=1.5, view_prompt_demonstrations=0)
 
 
-def test_per_answer_selection_refuses_free_form_tasks(tiny_model, fpb_like, tmp_path):
-    module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [EntropySelection(per_answer=True)],
-                                          task="free_text")
-    with pytest.raises(ValueError, match="per_answer=True needs a closed-form task; 'free_text' has free-form"):
-        trainer.fit(module, datamodule)
+@pytest.mark.parametrize("task", ["free_text", "numeric"])
+def test_a_free_form_round_runs_with_per_answer_selection(tiny_model, fpb_like, tmp_path, task):
+    if task == "numeric":
+        for split, start, count in (("labeled", 0, 24), ("unlabeled", 100, 30), ("test", 200, 12)):
+            write_csv(fpb_like / "fpb" / f"{split}.csv", [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)}
+                                                         for i in range(start, start + count)])
+    callbacks = [CollaborativeVoting(views=[View()]), EntropySelection(keep_fraction=0.5, per_answer=True)]
+    module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, callbacks, task=task)
+    module.max_new_tokens = 6
+    trainer.fit(module, datamodule)
+    records = datamodule.pseudo_labels
+    assert len(records) == 30 and datamodule.pseudo_round == 1
+    for record in records:  # agreement is over the views that answered; None where none did
+        assert record["agreement"] == (None if record["answer"] is None else 1.0)
+    assert all(record["selected"] is False for record in records if record["answer"] is None)
+
+
+def test_per_answer_selection_groups_free_form_answers_by_meaning():
+    from semift_lightning.tasks import get_preset
+    records = [{"id": str(i), "answer": answer, "uncertainty": u, "unanimous": True}
+               for i, (answer, u) in enumerate([("1500", 0.1), ("1.5e3", 0.2), ("1,500", 0.3), ("7", 0.5)])]
+    EntropySelection(keep_fraction=0.3, per_answer=True).select(records, task=get_preset("numeric").task)
+    assert [r["selected"] for r in records] == [True, False, False, True]  # one group of three, one of one
 
 
 def test_empty_unlabeled_set_warns_and_trains_on_labeled(tiny_model, fpb_like, tmp_path):

@@ -1,0 +1,126 @@
+"""The semi-supervised method options on the tiny model: a validation split carved from the labeled data, a
+validation loss, the label-propagation view, distribution voting and restarting the student after a round."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from semift_lightning import SemiFTDataModule, SemiFTModule
+from semift_lightning.callbacks import (CollaborativeVoting, EntropySelection, InContextPropagation, View,
+                                        _label_propagation_vote, _mean_vote)
+from semift_lightning.datamodule import SplitSizes, carve_validation
+from semift_lightning.records import Example
+
+from test_semievol import adapter_weights, make
+
+
+def examples(answers):
+    return [Example(str(i), f"q{i}", answer, ["x", "y", "z"]) for i, answer in enumerate(answers)]
+
+
+def test_validation_carve_keeps_every_answer_and_is_seeded():
+    items = examples("A" * 14 + "B" * 6 + "C" * 3)
+    train, val = carve_validation(items, 0.2, seed=3, by_answer=True)
+    assert sorted(e.answer for e in val) == ["A", "A", "A", "B", "C"]  # 20% of each answer, at least one
+    train_ids, val_ids = {e.id for e in train}, {e.id for e in val}
+    assert train_ids | val_ids == {e.id for e in items} and not train_ids & val_ids
+    assert carve_validation(items, 0.2, seed=3, by_answer=True) == (train, val)
+    assert carve_validation(items, 0.2, seed=4, by_answer=True)[1] != val
+    lone = examples("AAAAB")  # an answer with one item stays in training
+    assert all(e.answer == "A" for e in carve_validation(lone, 0.5, seed=0, by_answer=True)[1])
+
+
+def test_datamodule_carves_validation_from_the_labeled_budget(fpb_like):
+    datamodule = SemiFTDataModule(task="fpb", root=str(fpb_like), labeled="fpb/labeled.csv", sizes=SplitSizes(labeled=15),
+                                  val_fraction=0.2, seed=1)
+    train, val = datamodule.load_split("labeled"), datamodule.load_split("val")
+    assert len(train) + len(val) == 15 and len(val) == 3 and {e.answer for e in val} == {"A", "B", "C"}
+    assert not {e.id for e in train} & {e.id for e in val}
+    with pytest.raises(ValueError, match="data.val_fraction: carves validation out of the labeled data"):
+        SemiFTDataModule(task="fpb", labeled="a.csv", val="b.csv", val_fraction=0.2)
+    with pytest.raises(ValueError, match=r"data.val_fraction: must be in \[0, 1\), got 1"):
+        SemiFTDataModule(task="fpb", labeled="a.csv", val_fraction=1)
+
+
+def test_validation_logs_a_loss_beside_accuracy(tiny_model, fpb_like, tmp_path):
+    module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [], epochs=1, val_fraction=0.25)
+    trainer.fit(module, datamodule)
+    loss = trainer.callback_metrics["val/fpb/loss"]
+    assert math.isfinite(float(loss)) and float(loss) > 0 and "val/fpb/acc" in trainer.callback_metrics
+
+
+def test_label_propagation_vote_is_the_similarity_weighted_answer_histogram():
+    a, b = examples("AB")
+    vote = _label_propagation_vote([(a, 0.9), (b, 0.3), (a, -0.5)], option_count=3)
+    assert vote["answer"] == "A" and vote["probs"] == pytest.approx([0.75, 0.25, 0.0])
+    assert 0 < vote["uncertainty"] < 1
+    assert _label_propagation_vote([(a, -0.1)], 3)["answer"] is None  # nothing similar: no answer
+
+
+def test_mean_log_probs_lets_a_view_rule_an_option_out():
+    votes = [{"answer": "A", "probs": [0.9, 0.1, 0.0]}, {"answer": "C", "probs": [0.0, 0.3, 0.7]}]
+    assert _mean_vote(votes)["answer"] == "A" and _mean_vote(votes)["probs"] == pytest.approx([0.45, 0.2, 0.35])
+    assert _mean_vote(votes, log=True)["answer"] == "B"  # the only option neither view rules out
+
+
+def lp_recipe(**selection):
+    return [InContextPropagation(k=3),
+            CollaborativeVoting(views=[View(), View(kind="label_propagation", k=3)], self_justification=False,
+                                combine="mean_probs"),
+            EntropySelection(keep_fraction=0.5, per_answer=True, **selection)]
+
+
+def test_label_propagation_and_distribution_voting_make_a_round(tiny_model, fpb_like, tmp_path):
+    module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, lp_recipe())
+    trainer.fit(module, datamodule)
+    records = datamodule.pseudo_labels
+    assert len(records) == 30 and all(len(r["view_answers"]) == 2 for r in records)
+    assert all(r["view_answers"][1] in "ABC" for r in records)  # every item has labeled neighbours
+    assert not any(r["justified"] for r in records)
+    assert sizes.sizes[1] == 24 + sum(r["selected"] for r in records)
+    metrics = trainer.callback_metrics
+    assert "semievol/view1_accuracy" in metrics and "semievol/view2_accuracy" in metrics
+
+
+def test_restart_student_trains_the_epochs_after_the_round_from_a_fresh_adapter(tiny_model, fpb_like, tmp_path):
+    class AtRound(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                self.weights = adapter_weights(pl_module)
+                self.state = len(trainer.optimizers[0].state)
+
+    probe = AtRound()
+    module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, [*lp_recipe(restart_student=True), probe])
+    trainer.fit(module, datamodule)
+    lora_b = [w for name, w in probe.weights.items() if "lora_B" in name]
+    assert lora_b and all(torch.count_nonzero(w) == 0 for w in lora_b)  # as a new adapter starts
+    assert probe.state == 0 and module.schedule_start == pytest.approx(0.5)
+    before, after = sizes.learning_rates[0], sizes.learning_rates[1]
+    assert after[0] > before[-1] and after[0] == pytest.approx(0.01, rel=0.2)  # the schedule runs again
+    assert max(after) <= 0.01 and all(a > b > 0 for a, b in zip(after, after[1:]))
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert checkpoint["schedule_start"] == pytest.approx(0.5)
+
+
+def test_the_learning_rate_never_exceeds_its_peak_on_a_run_shorter_than_its_warmup(tiny_model, fpb_like, tmp_path):
+    L.seed_everything(7)
+    module = SemiFTModule(model=tiny_model, optimizer={"lr": 0.01, "warmup_ratio": 0.5}, lora={"r": 8})
+    _, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, [], epochs=1)
+    trainer.fit(module, datamodule)
+    assert max(sizes.learning_rates[0]) <= 0.01 + 1e-12
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"combine": "median"}, "combine: must be one of vote, mean_probs, mean_log_probs, got 'median'"),
+    ({"combine": "mean_probs"}, "combine: 'mean_probs' decides disputes from the views' distributions; set "
+                                "self_justification: false"),
+    ({"views": [View(kind="label_propagation")], "self_justification": False},
+     "views[0].k: a label-propagation view needs at least one neighbour, got 0"),
+    ({"views": [View(kind="knn", k=2)]}, "views[0].kind: must be 'prompt' or 'label_propagation', got 'knn'"),
+])
+def test_bad_voting_arguments_are_named(arguments, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        CollaborativeVoting(**arguments)
