@@ -45,6 +45,9 @@ RECIPES = {  # method name -> recipe and extra fit arguments
     "lp_mean_continue": ["-c", LP, "--selection.init_args.restart_student", "false"],
     "student_restart": ["-c", LP, "--propagation", "null", "--voting.init_args.views", '[{"adapter": "student"}]'],
     "lp_pool_mix": ["-c", LP, "--selection.init_args.answer_mix", "pool"],
+    "lp_mean_restart_soft": ["-c", LP, "--data.soft_pseudo_labels", "true"],
+    "lp_justified_restart": ["-c", LP, "--voting.init_args.combine", "vote", "--voting.init_args.self_justification",
+                             "true"],
 }
 CHOSEN = "semievol"
 

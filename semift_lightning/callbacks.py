@@ -259,17 +259,20 @@ class CollaborativeVoting(SemiEvolStage):
             likely option of the views' mean option distribution, whose normalised entropy is the uncertainty.
             "mean_log_probs": the same for the normalised mean of their log-probabilities (a product of experts:
             an option any view rules out loses).
+        text_chars: free-form tasks: each view's generated text is kept in the round's records (``view_texts``,
+            so the JSONL shows why a pseudo-label is what it is), cut to this many characters.
         warmup_epochs: labeled-only epochs before the first round (the same in every SemiEvol callback).
         refresh_every_n_epochs: epochs between rounds.
         rounds: how many pseudo-labeling rounds to run.
     """
 
     def __init__(self, views: Optional[list[View]] = None, self_justification: bool = True,
-                 average_candidate_orders: bool = True, combine: str = "vote", warmup_epochs: int = 1,
-                 refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
+                 average_candidate_orders: bool = True, combine: str = "vote", text_chars: int = 500,
+                 warmup_epochs: int = 1, refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
         views = _as_views(views)
         super().__init__(warmup_epochs, refresh_every_n_epochs, rounds, views=views,
-                         self_justification=self_justification, combine=combine)
+                         self_justification=self_justification, combine=combine, text_chars=text_chars)
+        self.text_chars = text_chars
         self.views = views
         self.self_justification = self_justification
         self.average_candidate_orders = average_candidate_orders
@@ -277,8 +280,10 @@ class CollaborativeVoting(SemiEvolStage):
 
     @classmethod
     def argument_problems(cls, views: Optional[list] = None, self_justification: bool = True, combine: str = "vote",
-                          **schedule: Any) -> list[str]:
+                          text_chars: int = 500, **schedule: Any) -> list[str]:
         problems = super().argument_problems(**schedule)
+        if text_chars < 0:
+            problems.append(f"text_chars: must be at least 0, got {text_chars}")
         views = _as_views(views)
         if not views:
             problems.append("views: needs at least one view (n >= 1)")
@@ -339,9 +344,11 @@ class CollaborativeVoting(SemiEvolStage):
         for example in pool:
             votes = [view_answers[example.id] for view_answers in answers]
             record = _combine(task, example, votes)
+            if not task.closed_form:
+                record["view_texts"] = [(vote.get("text") or "")[:self.text_chars] for vote in votes]
             if self.combine != "vote":
                 combined = _mean_vote(votes, log=self.combine == "mean_log_probs")
-                record.update(answer=combined["answer"], uncertainty=combined["uncertainty"])
+                record.update(answer=combined["answer"], uncertainty=combined["uncertainty"], probs=combined["probs"])
             elif record["disputed"] and self.self_justification:
                 disputed[example.id] = _candidates(task, example, votes)
             records.append(record)
@@ -350,7 +357,8 @@ class CollaborativeVoting(SemiEvolStage):
             for record in records:
                 if record["id"] in chosen:
                     vote = chosen[record["id"]]
-                    record.update(answer=vote["answer"], uncertainty=vote["uncertainty"], justified=True)
+                    record.update(answer=vote["answer"], uncertainty=vote["uncertainty"], justified=True,
+                                  **({"probs": vote["probs"]} if "probs" in vote else {}))
         for record in records:  # over the views that answered; None where none did
             answered = [v for v in record["view_answers"] if v is not None]
             record["agreement"] = (sum(v == record["answer"] for v in answered) / len(answered)
@@ -609,11 +617,10 @@ def _combine(task, example: Example, votes: list[dict]) -> dict:
     if not groups:
         return {**record, "answer": None, "uncertainty": math.inf}
     best = max(groups, key=lambda g: (len(g), -sum(v["uncertainty"] for v in g) / len(g)))
-    if task.closed_form:
-        uncertainty = _mean_vote(answered)["uncertainty"]
-    else:
-        uncertainty = sum(v["uncertainty"] for v in best) / len(best)
-    return {**record, "answer": best[0]["answer"], "uncertainty": uncertainty}
+    if task.closed_form:  # the views' mean option distribution, which soft pseudo-label targets train on
+        mean = _mean_vote(answered)
+        return {**record, "answer": best[0]["answer"], "uncertainty": mean["uncertainty"], "probs": mean["probs"]}
+    return {**record, "answer": best[0]["answer"], "uncertainty": sum(v["uncertainty"] for v in best) / len(best)}
 
 
 def _mean_vote(votes: list[dict], log: bool = False) -> dict:

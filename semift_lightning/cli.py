@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
+import lightning as L
 import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -80,15 +81,17 @@ class SemiFTCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         for key, callback in self.SEMIEVOL_KEYS.items():
-            parser.add_lightning_class_args(callback, key, subclass_mode=True, required=False)
+            parser.add_subclass_arguments(callback, key, required=False)
         parser.add_class_arguments(SemiEvolSchedule, "semievol")
 
     def instantiate_trainer(self, **kwargs):
         if self.subcommand not in (None, "fit"):  # a test into a fit's folder keeps the fit's config.yaml
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"{self.subcommand}_config.yaml"}
-        keys = self._parser(self.subcommand).callback_keys
-        extra = [callback for callback in (self._get(self.config_init, key) for key in keys) if callback is not None]
-        trainer = self._instantiate_trainer({**self._get(self.config_init, "trainer", default={}), **kwargs}, extra)
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        configured = config.trainer.get("callbacks") or []
+        ours = [config[key] for key in self.SEMIEVOL_KEYS if config.get(key) is not None]
+        trainer = super().instantiate_trainer(callbacks=[*([configured] if isinstance(configured, L.Callback)
+                                                           else configured), *ours], **kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer

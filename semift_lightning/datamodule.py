@@ -111,6 +111,10 @@ class Collator:
         if "labels" in items[0]:
             batch["labels"] = pad("labels", IGNORE_INDEX)
             batch["weight"] = torch.tensor([item["weight"] for item in items], dtype=torch.float32)
+            if any("soft_target" in item for item in items):  # rows without one train on their letter
+                batch["has_soft_target"] = torch.tensor(["soft_target" in item for item in items])
+                batch["soft_target"] = torch.tensor([item.get("soft_target", [0.0] * len(LETTERS)) for item in items],
+                                                    dtype=torch.float32)
         return batch
 
 
@@ -148,6 +152,9 @@ class SemiFTDataModule(L.LightningDataModule):
             order: self-justification shows both). Drawn with the seed and the epoch; when on, the train
             dataloader is rebuilt every epoch.
         view_prompt_demonstrations: demonstrations in the demonstration form of ``view_prompt_fraction``.
+        soft_pseudo_labels: closed-form tasks: a pseudo-labeled item trains on the round's option distribution for it
+            (cross-entropy to it over the option letters as the answer's first token, weighted by ``pseudo_weight``)
+            instead of on its selected letter alone; labeled items keep their gold letter.
         val_fraction: carve a validation split of this fraction out of the labeled items (after ``sizes.labeled``
             draws them), seeded by ``seed``; closed-form tasks carve within each answer, at least one item of every
             answer that has two or more; the rest trains. For choosing steps, θ or a recipe on labeled data only.
@@ -166,7 +173,7 @@ class SemiFTDataModule(L.LightningDataModule):
                  system_prompt: Optional[str] = None, cache_dir: Optional[str] = None, pseudo_weight: float = 1.0,
                  max_pseudo_ratio: Optional[float] = None, test_overlap: str = "error",
                  view_prompt_fraction: float = 0.0, view_prompt_demonstrations: int = 2,
-                 question_last: bool = False, val_fraction: float = 0.0) -> None:
+                 question_last: bool = False, val_fraction: float = 0.0, soft_pseudo_labels: bool = False) -> None:
         super().__init__()
         problems = self.argument_problems(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         if problems:
@@ -192,6 +199,7 @@ class SemiFTDataModule(L.LightningDataModule):
         self.view_prompt_fraction = view_prompt_fraction
         self.view_prompt_demonstrations = view_prompt_demonstrations
         self.val_fraction = val_fraction
+        self.soft_pseudo_labels = soft_pseudo_labels
         self.prompts: Optional[PromptBuilder] = None
         self.examples: dict[str, list[Example]] = {}
         self.split_names: dict[str, str] = {}
@@ -209,7 +217,7 @@ class SemiFTDataModule(L.LightningDataModule):
                           num_workers: int = 0, pseudo_weight: float = 1.0, max_pseudo_ratio: Optional[float] = None,
                           test_overlap: str = "error", view_prompt_fraction: float = 0.0,
                           view_prompt_demonstrations: int = 2, val: Optional[str] = None, val_fraction: float = 0.0,
-                          **_: Any) -> list[str]:
+                          soft_pseudo_labels: bool = False, **_: Any) -> list[str]:
         """Every problem with the arguments, each naming its argument; empty when all are fine."""
         problems = []
         try:
@@ -235,6 +243,9 @@ class SemiFTDataModule(L.LightningDataModule):
             problems.append(f"data.view_prompt_fraction: must be in [0, 1], got {view_prompt_fraction}")
         if view_prompt_demonstrations < 1:
             problems.append(f"data.view_prompt_demonstrations: must be at least 1, got {view_prompt_demonstrations}")
+        if soft_pseudo_labels and not problems and not get_preset(task).task.closed_form:
+            problems.append(f"data.soft_pseudo_labels: needs a closed-form task (option distributions); {task!r} has "
+                            f"free-form answers")
         if not 0 <= val_fraction < 1:
             problems.append(f"data.val_fraction: must be in [0, 1), got {val_fraction}")
         elif val_fraction and val:
@@ -337,8 +348,10 @@ class SemiFTDataModule(L.LightningDataModule):
     # ----- encoding ----------------------------------------------------------------------------------------------
     def encode(self, split: str, examples: Sequence[Example], with_target: bool,
                weights: Optional[Sequence[float]] = None, demonstrations: Optional[dict[str, list[Example]]] = None,
-               candidates: Optional[dict[str, list[str]]] = None) -> list[dict]:
-        """Items for the collator; ``demonstrations`` and ``candidates`` map item ids to what their prompts show."""
+               candidates: Optional[dict[str, list[str]]] = None,
+               soft_targets: Optional[dict[str, list[float]]] = None) -> list[dict]:
+        """Items for the collator; ``demonstrations`` and ``candidates`` map item ids to what their prompts show,
+        ``soft_targets`` to an option distribution the item's answer letter trains on."""
         items, cut = [], 0
         for i, example in enumerate(examples):
             encoded = self.prompts.encode(example, (demonstrations or {}).get(example.id, ()), with_target,
@@ -348,6 +361,9 @@ class SemiFTDataModule(L.LightningDataModule):
             if with_target:
                 item["labels"] = [IGNORE_INDEX] * len(encoded.prompt_ids) + encoded.target_ids
                 item["weight"] = 1.0 if weights is None else float(weights[i])
+                if soft_targets and example.id in soft_targets:
+                    distribution = list(soft_targets[example.id])
+                    item["soft_target"] = distribution + [0.0] * (len(LETTERS) - len(distribution))
             items.append(item)
         if cut and self.truncated.get(split) != cut:
             rank_zero_warn(f"{split}: {cut} of {len(examples)} prompts were longer than "
@@ -361,9 +377,10 @@ class SemiFTDataModule(L.LightningDataModule):
         joined = self.trainer is None or self.trainer.current_epoch > self.pseudo_epoch
         pseudo = self.pseudo_examples() if joined else []
         labeled = self._require("labeled")
+        soft = {r["id"]: r["probs"] for r in self.pseudo_labels if r.get("probs")} if self.soft_pseudo_labels else None
         return (self.encode("labeled", labeled, with_target=True, **self.view_prompts("labeled", labeled))
                 + self.encode("pseudo", pseudo, with_target=True, weights=[self.pseudo_weight] * len(pseudo),
-                              **self.view_prompts("pseudo", pseudo)))
+                              soft_targets=soft, **self.view_prompts("pseudo", pseudo)))
 
     def view_prompts(self, split: str, examples: Sequence[Example]) -> dict[str, dict]:
         """Demonstrations and proposed answers for a ``view_prompt_fraction`` of ``examples`` (see the class

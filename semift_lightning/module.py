@@ -220,6 +220,12 @@ class SemiFTModule(L.LightningModule):
         where = targets != IGNORE_INDEX
         logits = self.lm_head(hidden[:, :-1][where]).float()  # only the positions the loss needs
         token_loss = F.cross_entropy(logits, targets[where], reduction="none")
+        if "soft_target" in batch:  # those rows' answer letter trains on a distribution over the option letters
+            first = where & (where.long().cumsum(1) == 1)
+            soft = (first & batch["has_soft_target"][:, None])[where]
+            letters = logits[soft].log_softmax(-1)[:, self.option_token_ids]
+            soft_loss = -(batch["soft_target"][batch["has_soft_target"]] * letters).sum(-1)
+            token_loss = token_loss.masked_scatter(soft, soft_loss)
         weights = batch["weight"][:, None].expand_as(targets)[where]
         loss = (token_loss * weights).sum() / where.sum().clamp(min=1)
         if not torch.isfinite(loss):
@@ -275,14 +281,18 @@ class SemiFTModule(L.LightningModule):
         return min(1.0, max(done, default=0.0))
 
     # ----- inference ---------------------------------------------------------------------------------------------
+    @property
+    def option_token_ids(self) -> torch.Tensor:
+        """The token ids of the option letters as an answer's first token."""
+        return torch.tensor(self.trainer.datamodule.prompts.option_token_ids, device=self.device)
+
     @torch.no_grad()
     def option_log_probs(self, batch: dict) -> torch.Tensor:
         """Log-probability of each option letter as the answer's first token, one forward pass; -inf past the
         item's option count. Shape (batch, 10)."""
         hidden = self.tail_hidden_states(batch["input_ids"], batch["attention_mask"], keep_last=1)[0][:, -1]
         log_probs = self.lm_head(hidden).float().log_softmax(-1)
-        option_ids = torch.tensor(self.trainer.datamodule.prompts.option_token_ids, device=log_probs.device)
-        scores = log_probs[:, option_ids]
+        scores = log_probs[:, self.option_token_ids]
         counts = torch.tensor([len(example.options) for example in batch["examples"]], device=scores.device)
         return scores.masked_fill(torch.arange(len(LETTERS), device=scores.device)[None] >= counts[:, None], -math.inf)
 

@@ -271,7 +271,7 @@ def test_a_free_form_round_runs_with_per_answer_selection(tiny_model, fpb_like, 
         for split, start, count in (("labeled", 0, 24), ("unlabeled", 100, 30), ("test", 200, 12)):
             write_csv(fpb_like / "fpb" / f"{split}.csv", [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)}
                                                          for i in range(start, start + count)])
-    callbacks = [CollaborativeVoting(views=[View()]), EntropySelection(keep_fraction=0.5, per_answer=True)]
+    callbacks = [CollaborativeVoting(views=[View()], text_chars=5), EntropySelection(keep_fraction=0.5, per_answer=True)]
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, callbacks, task=task)
     module.max_new_tokens = 6
     trainer.fit(module, datamodule)
@@ -280,6 +280,9 @@ def test_a_free_form_round_runs_with_per_answer_selection(tiny_model, fpb_like, 
     for record in records:  # agreement is over the views that answered; None where none did
         assert record["agreement"] == (None if record["answer"] is None else 1.0)
     assert all(record["selected"] is False for record in records if record["answer"] is None)
+    written = (tmp_path / "logs" / "pseudo_labels_round1.jsonl").read_text().splitlines()
+    texts = [json.loads(line)["view_texts"] for line in written]
+    assert all(len(t) == 1 and len(t[0]) <= 5 for t in texts) and any(t[0] for t in texts)
 
 
 def test_per_answer_selection_groups_free_form_answers_by_meaning():

@@ -124,3 +124,37 @@ def test_bad_voting_arguments_are_named(arguments, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
                        .replace(")", r"\)")):
         CollaborativeVoting(**arguments)
+
+
+def test_soft_pseudo_labels_train_on_the_rounds_distribution(tiny_model, fpb_like, tmp_path):
+    class Probe(L.Callback):
+        soft_batches, checked = 0, False
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if "soft_target" not in batch:
+                return
+            self.soft_batches += 1
+            rows = batch["has_soft_target"]
+            assert rows.any() and torch.allclose(batch["soft_target"][rows].sum(-1), torch.ones(int(rows.sum())))
+            if not self.checked:  # a one-hot target on the item's letter is the plain loss of that letter
+                self.checked = True
+                letters = [e.answer for e in batch["examples"]]
+                one_hot = torch.zeros_like(batch["soft_target"])
+                for i, letter in enumerate(letters):
+                    one_hot[i, "ABCDEFGHIJ".index(letter)] = 1.0
+                with torch.no_grad():
+                    plain = pl_module.training_step({k: v for k, v in batch.items()
+                                                     if k not in ("soft_target", "has_soft_target")}, 0)
+                    hot = pl_module.training_step({**batch, "soft_target": one_hot,
+                                                   "has_soft_target": torch.ones_like(rows)}, 0)
+                assert torch.allclose(plain, hot, atol=1e-5)
+
+    probe = Probe()
+    module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [*lp_recipe(), probe],
+                                          soft_pseudo_labels=True)
+    trainer.fit(module, datamodule)
+    selected = [r for r in datamodule.pseudo_labels if r["selected"]]
+    assert selected and all(len(r["probs"]) == 3 for r in selected)
+    assert probe.soft_batches > 0 and probe.checked
+    with pytest.raises(ValueError, match="data.soft_pseudo_labels: needs a closed-form task"):
+        SemiFTDataModule(task="numeric", labeled="a.csv", soft_pseudo_labels=True)
