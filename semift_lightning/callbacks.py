@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm.auto import tqdm
@@ -32,6 +33,7 @@ from semift_lightning.records import Example
 STUDENT, BASE = "student", "base"
 PROMPT, LABEL_PROPAGATION = "prompt", "label_propagation"
 COMBINE_MODES = ("vote", "mean_probs", "mean_log_probs")
+VALIDATION = "validation"  # EntropySelection(keep_fraction=...): θ measured on the validation split
 DATAMODULE_NEEDS = ("task", "load_split", "pool_loader", "set_pseudo_labels", "pseudo_round", "unlabeled_gold")
 
 
@@ -184,6 +186,12 @@ class SemiEvolStage(L.Callback):
         metrics = run_round(trainer, pl_module, datamodule, stages, index)
         for stage in stages:
             stage.history.append(metrics)
+        through = trainer.current_epoch + 2  # epochs to complete: the round's and the one that trains on it
+        if trainer.fit_loop.min_epochs is None or trainer.fit_loop.min_epochs < through:
+            trainer.fit_loop.min_epochs = through  # early stopping then waits for that epoch (Lightning's min_epochs)
+            if any(isinstance(cb, EarlyStopping) for cb in trainer.callbacks):
+                rank_zero_info(f"pseudo-labeling round {index}: early stopping waits until epoch {through - 1} has "
+                               f"trained on this round's pseudo-labels")
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
@@ -385,7 +393,9 @@ class EntropySelection(SemiEvolStage):
     """Keeps the pseudo-labels whose uncertainty is at or below the θ-quantile of the round's pool.
 
     Args:
-        keep_fraction: θ, the fraction of answered items kept, in (0, 1].
+        keep_fraction: θ, the fraction of answered items kept, in (0, 1]; or "validation": θ is the student's
+            accuracy on the validation split at the round (STraTA's rule: keep as large a fraction as the student is
+            accurate), logged as ``semievol/keep_fraction``.
         always_keep_unanimous: also keep every item all views agreed on.
         per_answer: apply θ within each answer separately, so that the kept items have the answer mix of the pool
             instead of piling up on the answer the student is surest of. Free-form answers group by what they
@@ -404,7 +414,7 @@ class EntropySelection(SemiEvolStage):
         rounds: how many pseudo-labeling rounds to run.
     """
 
-    def __init__(self, keep_fraction: float = 0.5, always_keep_unanimous: bool = False, per_answer: bool = False,
+    def __init__(self, keep_fraction: float | str = 0.5, always_keep_unanimous: bool = False, per_answer: bool = False,
                  answer_mix: str = "pool", restart_student: bool = False, warmup_epochs: int = 1,
                  refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
         super().__init__(warmup_epochs, refresh_every_n_epochs, rounds, keep_fraction=keep_fraction,
@@ -416,35 +426,54 @@ class EntropySelection(SemiEvolStage):
         self.answer_mix = answer_mix
 
     @classmethod
-    def argument_problems(cls, keep_fraction: float = 0.5, per_answer: bool = False, answer_mix: str = "pool",
+    def argument_problems(cls, keep_fraction: float | str = 0.5, per_answer: bool = False, answer_mix: str = "pool",
                           **schedule: Any) -> list[str]:
         problems = super().argument_problems(**schedule)
-        if not 0 < keep_fraction <= 1:
-            problems.append(f"keep_fraction (θ): must be in (0, 1], got {keep_fraction}")
+        if keep_fraction != VALIDATION and not (isinstance(keep_fraction, (int, float)) and 0 < keep_fraction <= 1):
+            problems.append(f"keep_fraction (θ): must be in (0, 1], got {keep_fraction!r} (or {VALIDATION!r}: θ from "
+                            f"the student's validation accuracy)")
         if answer_mix not in ("pool", "labeled"):
             problems.append(f"answer_mix: must be 'pool' or 'labeled', got {answer_mix!r}")
         elif answer_mix == "labeled" and not per_answer:
             problems.append("answer_mix: 'labeled' shares θ among answer options, so it needs per_answer=True")
         return problems
 
+    def module_needs(self, task: Any) -> list[str]:
+        scoring = ["option_log_probs" if task.closed_form else "generate_with_nll"]
+        return (["restart_adapter"] if self.restart_student else []) + \
+            (scoring if self.keep_fraction == VALIDATION else [])
+
     def check(self, trainer, datamodule, stages) -> None:
+        if self.keep_fraction == VALIDATION and not datamodule.load_split("val"):
+            raise ValueError("EntropySelection: keep_fraction='validation' needs validation data (data.val or "
+                             "data.val_fraction)")
         if self.answer_mix == "labeled" and not datamodule.task.closed_form:
             raise ValueError(f"EntropySelection: answer_mix='labeled' needs a closed-form task; "
                              f"{datamodule.task.name!r} has free-form answers")
 
-    def module_needs(self, task: Any) -> list[str]:
-        return ["restart_adapter"] if self.restart_student else []
+    def validation_keep_fraction(self, trainer, module, datamodule) -> float:
+        """θ from the student's accuracy on the validation split (at least one item's worth)."""
+        val = datamodule.load_split("val")
+        votes = _map_pool(trainer, datamodule, "val", val, _answerer(module, datamodule.task, View()),
+                          "validation accuracy for θ")
+        right = sum(datamodule.task.is_correct(votes[e.id]["answer"], e) for e in val if votes[e.id]["answer"])
+        return max(right, 1) / len(val)
 
     def datamodule_needs(self) -> list[str]:
         return ["labeled_answers"] if self.answer_mix == "labeled" else []
 
-    def select(self, records: list[dict], labeled_answers: Sequence[str] = (), task: Any = None) -> Optional[float]:
+    def select(self, records: list[dict], labeled_answers: Sequence[str] = (), task: Any = None,
+               keep_fraction: Optional[float] = None) -> Optional[float]:
         """Sets every record's ``selected`` flag (a record without an answer or with an infinite uncertainty is
         never kept); returns the threshold (with ``per_answer``, the largest of the answers').
 
         ``labeled_answers``: the labeled set's gold answers, which ``answer_mix="labeled"`` needs. ``task``: its
-        ``answer_key`` groups answers that mean the same (unset: the answers as they are).
+        ``answer_key`` groups answers that mean the same (unset: the answers as they are). ``keep_fraction``: θ
+        when it is ``"validation"`` (the round measures it).
         """
+        keep_fraction = self.keep_fraction if keep_fraction is None else keep_fraction
+        if not isinstance(keep_fraction, (int, float)):
+            raise ValueError("EntropySelection: keep_fraction='validation' needs the round's measured θ")
         key = task.answer_key if task is not None else (lambda answer: answer)
         if self.answer_mix == "labeled" and not labeled_answers:
             raise ValueError("EntropySelection: answer_mix='labeled' needs the labeled set's answers; none given")
@@ -458,10 +487,10 @@ class EntropySelection(SemiEvolStage):
         thresholds = []
         for answer, group in groups.items():
             if self.answer_mix == "labeled":
-                quota = round(self.keep_fraction * len(answered) * shares[answer] / len(labeled_answers))
+                quota = round(keep_fraction * len(answered) * shares[answer] / len(labeled_answers))
                 kept = sorted(group, key=lambda r: (r["uncertainty"], r["id"]))[:quota]
             else:
-                threshold = quantile_threshold([r["uncertainty"] for r in group], self.keep_fraction)
+                threshold = quantile_threshold([r["uncertainty"] for r in group], keep_fraction)
                 kept = [r for r in group if r["uncertainty"] <= threshold]
             thresholds += [max(r["uncertainty"] for r in kept)] if kept else []
             for record in kept + [r for r in group if self.always_keep_unanimous and r["unanimous"]]:
@@ -493,16 +522,20 @@ def run_round(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, st
         with torch.no_grad(), trainer.precision_plugin.forward_context():
             neighbours = icp.similar(trainer, module, datamodule, pool) if icp else {}
             records = voting.label(trainer, module, datamodule, pool, neighbours)
+            measured = selection and selection.keep_fraction == VALIDATION
+            keep_fraction = selection.validation_keep_fraction(trainer, module, datamodule) if measured else None
     finally:
         module.train(was_training)
     for record in records:
         record.update(round=index, selected=selectable(record))
     labeled_answers = datamodule.labeled_answers() if selection and selection.answer_mix == "labeled" else ()
-    threshold = selection.select(records, labeled_answers, datamodule.task) if selection else None
+    threshold = selection.select(records, labeled_answers, datamodule.task, keep_fraction) if selection else None
     datamodule.set_pseudo_labels(records, index)
     if selection and selection.restart_student:
         module.restart_adapter()
     metrics = _round_metrics(records, datamodule.unlabeled_gold, datamodule.task, threshold, index)
+    if keep_fraction is not None:
+        metrics["keep_fraction"] = keep_fraction
     _log_round(trainer, module, records, metrics)
     return metrics
 

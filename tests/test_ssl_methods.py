@@ -158,3 +158,30 @@ def test_soft_pseudo_labels_train_on_the_rounds_distribution(tiny_model, fpb_lik
     assert probe.soft_batches > 0 and probe.checked
     with pytest.raises(ValueError, match="data.soft_pseudo_labels: needs a closed-form task"):
         SemiFTDataModule(task="numeric", labeled="a.csv", soft_pseudo_labels=True)
+
+
+def test_early_stopping_waits_for_the_epoch_that_trains_on_a_round(tiny_model, fpb_like, tmp_path):
+    stop_at_once = L.pytorch.callbacks.EarlyStopping(monitor="val/fpb/acc", mode="max", patience=0,
+                                                     stopping_threshold=0.0)  # reached at the first check
+    callbacks = [CollaborativeVoting(views=[View()]), EntropySelection(per_answer=True), stop_at_once]
+    module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, callbacks, epochs=4, val_fraction=0.25)
+    trainer.fit(module, datamodule)
+    assert datamodule.pseudo_round == 1 and trainer.current_epoch == 2  # epochs 0 (the round's) and 1 ran
+    assert len(sizes.sizes) == 2 and sizes.sizes[1] > sizes.sizes[0]
+
+
+def test_theta_from_the_students_validation_accuracy(tiny_model, fpb_like, tmp_path):
+    selection = EntropySelection(keep_fraction="validation")
+    module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [CollaborativeVoting(views=[View()]),
+                                                                           selection], val_fraction=0.25)
+    trainer.fit(module, datamodule)
+    theta = float(trainer.callback_metrics["semievol/keep_fraction"])
+    val = datamodule.load_split("val")
+    assert any(theta == pytest.approx(max(k, 1) / len(val)) for k in range(len(val) + 1))
+    answered = [r for r in datamodule.pseudo_labels if r["answer"]]
+    assert sum(r["selected"] for r in answered) >= math.ceil(theta * len(answered) - 1e-4)
+    with pytest.raises(ValueError, match=r"keep_fraction \(θ\): must be in \(0, 1\], got 'val' \(or 'validation'"):
+        EntropySelection(keep_fraction="val")
+    module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [selection])
+    with pytest.raises(ValueError, match="keep_fraction='validation' needs validation data"):
+        trainer.fit(module, datamodule)
