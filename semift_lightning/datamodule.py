@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from semift_lightning.errors import ArgumentError
 from semift_lightning.parsing import LETTERS
-from semift_lightning.prompts import PromptBuilder
+from semift_lightning.prompts import PROMPT_FORMATS, PromptBuilder
 from semift_lightning.records import (DataError, Example, check_fractions, read_rows, same_items, split_examples,
                                       subsample, to_examples)
 from semift_lightning.tasks import ColumnOverrides, get_preset, override_columns
@@ -159,6 +159,8 @@ class SemiFTDataModule(L.LightningDataModule):
             draws them), seeded by ``seed``; closed-form tasks carve within each answer, at least one item of every
             answer that has two or more; the rest trains. For choosing steps, θ or a recipe on labeled data only.
             0: no carve (``val`` names a validation file instead).
+        prompt_format: "chat" (the tokenizer's chat template) or "plain" (plain text ending in "Answer:", for base
+            models without one); unset: chat where the tokenizer has a template, else plain.
         question_last: ask each item's options and the instruction first and the question after them (see
             ``Task.user_content``). Where every item has the same options (sentiment, yes/no/maybe), every prompt
             then opens with the same tokens, which training and option scoring run once per batch instead of once
@@ -173,7 +175,8 @@ class SemiFTDataModule(L.LightningDataModule):
                  system_prompt: Optional[str] = None, cache_dir: Optional[str] = None, pseudo_weight: float = 1.0,
                  max_pseudo_ratio: Optional[float] = None, test_overlap: str = "error",
                  view_prompt_fraction: float = 0.0, view_prompt_demonstrations: int = 2,
-                 question_last: bool = False, val_fraction: float = 0.0, soft_pseudo_labels: bool = False) -> None:
+                 question_last: bool = False, val_fraction: float = 0.0, soft_pseudo_labels: bool = False,
+                 prompt_format: Optional[str] = None) -> None:
         super().__init__()
         problems = self.argument_problems(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         if problems:
@@ -200,6 +203,7 @@ class SemiFTDataModule(L.LightningDataModule):
         self.view_prompt_demonstrations = view_prompt_demonstrations
         self.val_fraction = val_fraction
         self.soft_pseudo_labels = soft_pseudo_labels
+        self.prompt_format = prompt_format
         self.prompts: Optional[PromptBuilder] = None
         self.examples: dict[str, list[Example]] = {}
         self.split_names: dict[str, str] = {}
@@ -217,7 +221,8 @@ class SemiFTDataModule(L.LightningDataModule):
                           num_workers: int = 0, pseudo_weight: float = 1.0, max_pseudo_ratio: Optional[float] = None,
                           test_overlap: str = "error", view_prompt_fraction: float = 0.0,
                           view_prompt_demonstrations: int = 2, val: Optional[str] = None, val_fraction: float = 0.0,
-                          soft_pseudo_labels: bool = False, **_: Any) -> list[str]:
+                          soft_pseudo_labels: bool = False, prompt_format: Optional[str] = None,
+                          **_: Any) -> list[str]:
         """Every problem with the arguments, each naming its argument; empty when all are fine."""
         problems = []
         try:
@@ -246,6 +251,8 @@ class SemiFTDataModule(L.LightningDataModule):
         if soft_pseudo_labels and not problems and not get_preset(task).task.closed_form:
             problems.append(f"data.soft_pseudo_labels: needs a closed-form task (option distributions); {task!r} has "
                             f"free-form answers")
+        if prompt_format not in (None, *PROMPT_FORMATS):
+            problems.append(f"data.prompt_format: must be {' or '.join(PROMPT_FORMATS)} or unset, got {prompt_format!r}")
         if not 0 <= val_fraction < 1:
             problems.append(f"data.val_fraction: must be in [0, 1), got {val_fraction}")
         elif val_fraction and val:
@@ -333,7 +340,8 @@ class SemiFTDataModule(L.LightningDataModule):
         if self.prompts is None:
             module = self.trainer.lightning_module
             context = getattr(module, "max_context_length", self.max_length)  # optional for modules not ours
-            self.prompts = PromptBuilder(module.tokenizer, self.task, min(self.max_length, context), self.system_prompt)
+            self.prompts = PromptBuilder(module.tokenizer, self.task, min(self.max_length, context), self.system_prompt,
+                                         self.prompt_format)
         if stage == "predict":
             self.answers_optional.add("test")  # predicting is for data without answers; given ones are still checked
         needed = {"fit": ["labeled"], "validate": ["val"], "test": ["test"], "predict": ["test"]}[stage]
@@ -425,11 +433,12 @@ class SemiFTDataModule(L.LightningDataModule):
     @property
     def prompt_layout(self) -> dict[str, Any]:
         """The data arguments that shape every prompt; a checkpoint records them."""
-        return {"task": self.task.name, "question_last": self.task.question_last, "system_prompt": self.system_prompt}
+        return {"task": self.task.name, "question_last": self.task.question_last, "system_prompt": self.system_prompt,
+                "prompt_format": self.prompts.prompt_format if self.prompts else self.prompt_format or "chat"}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         current = self.prompt_layout
-        saved = state_dict.get("prompt_layout", current)
+        saved = {"prompt_format": "chat", **state_dict.get("prompt_layout", current)}  # older checkpoints: chat
         changed = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in current.items()
                    if saved.get(key) != value]
         if changed:

@@ -19,21 +19,36 @@ class Encoded:
     truncated: bool
 
 
+PROMPT_FORMATS = ("chat", "plain")
+PLAIN_ANSWER = "Answer:"
+
+
 class PromptBuilder:
-    """Builds chat messages for a task and encodes them with the tokenizer's chat template.
+    """Builds chat messages for a task and encodes them with the tokenizer's chat template, or (``plain``, for base
+    models whose tokenizer has none) as plain text: the system text, each turn's user content followed by
+    "Answer:" and the answer (after a space where the tokenizer gives " A" ... " J" tokens of their own), blank
+    lines between turns, the answer ending with the eos token.
 
     Demonstrations (in-context examples) become earlier user/assistant turns. A prompt longer than
     ``max_length`` first loses its least similar demonstrations, then the start of its question, never the
     options, instruction or answer.
     """
 
-    def __init__(self, tokenizer, task: Task, max_length: int, system_prompt: Optional[str] = None) -> None:
-        if tokenizer.chat_template is None:
-            raise ValueError("the tokenizer has no chat template; pass a model whose tokenizer defines one")
+    def __init__(self, tokenizer, task: Task, max_length: int, system_prompt: Optional[str] = None,
+                 prompt_format: Optional[str] = None) -> None:
+        prompt_format = prompt_format or ("chat" if tokenizer.chat_template else "plain")
+        if prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt format: must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
+        if prompt_format == "chat" and tokenizer.chat_template is None:
+            raise ValueError("prompt format 'chat': the tokenizer has no chat template; use the plain format "
+                             "(data.prompt_format: plain, or unset) or a model whose tokenizer defines one")
         self.tokenizer = tokenizer
         self.task = task
         self.max_length = max_length
         self.system_prompt = system_prompt
+        self.prompt_format = prompt_format
+        spaced = [self._ids(f" {letter}")[0] for letter in LETTERS]
+        self.answer_separator = " " if len(set(spaced)) == len(LETTERS) else ""
         self.option_token_ids = self._option_token_ids() if task.closed_form else []
 
     def messages(self, example: Example, demonstrations: Sequence[Example] = (), candidates: Sequence[str] = (),
@@ -48,7 +63,21 @@ class PromptBuilder:
         return turns
 
     def _prompt_text(self, messages: list[dict]) -> str:
+        if self.prompt_format == "plain":
+            return self._plain(messages)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _plain(self, messages: list[dict]) -> str:
+        """The plain-text rendering of ``messages``, ending with "Answer:" for the next answer."""
+        blocks = []
+        for message in messages:
+            if message["role"] == "assistant":
+                blocks[-1] += f"{self.answer_separator}{message['content']}{self.tokenizer.eos_token or ''}"
+            elif message["role"] == "user":
+                blocks.append(f"{message['content']}\n{PLAIN_ANSWER}")
+            else:
+                blocks.append(message["content"])
+        return "\n\n".join(blocks)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -56,7 +85,9 @@ class PromptBuilder:
     def target_suffix(self, messages: list[dict], target: str) -> str:
         """What the chat template writes for the assistant's answer, end-of-turn tokens included."""
         prompt = self._prompt_text(messages)
-        full = self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": target}], tokenize=False)
+        answered = messages + [{"role": "assistant", "content": target}]
+        full = self._plain(answered) if self.prompt_format == "plain" else \
+            self.tokenizer.apply_chat_template(answered, tokenize=False)
         if not full.startswith(prompt):
             raise ValueError("the chat template renders the answer turn in a way that does not extend the prompt")
         return full[len(prompt):]

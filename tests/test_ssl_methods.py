@@ -185,3 +185,34 @@ def test_theta_from_the_students_validation_accuracy(tiny_model, fpb_like, tmp_p
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [selection])
     with pytest.raises(ValueError, match="keep_fraction='validation' needs validation data"):
         trainer.fit(module, datamodule)
+
+
+def test_a_tokenizer_without_a_chat_template_trains_evaluates_and_labels_in_the_plain_format(tiny_model, fpb_like,
+                                                                                             tmp_path):
+    import shutil
+    from transformers import AutoTokenizer
+    base = tmp_path / "base_model"
+    shutil.copytree(tiny_model, base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(base)
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    module, datamodule, trainer, sizes = make(str(base), fpb_like, tmp_path,
+                                              [CollaborativeVoting(views=[View()]), EntropySelection(per_answer=True)])
+    assert module.tokenizer.chat_template is None
+    trainer.fit(module, datamodule)
+    prompts = datamodule.prompts
+    assert prompts.prompt_format == "plain" and datamodule.pseudo_round == 1 and sizes.sizes[1] > 24
+    example = datamodule.load_split("labeled")[0]
+    text = module.tokenizer.decode(prompts.encode(example, datamodule.load_split("labeled")[1:2]).prompt_ids)
+    assert text.endswith("Answer with the letter of the sentiment.\nAnswer:") and "<|im_start|>" not in text
+    assert text.count("\nAnswer:") == 2  # the demonstration's answer block, then the item's
+    trainer.test(module, datamodule)
+    assert 0 <= float(trainer.callback_metrics["test/fpb/acc"]) <= 1
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert checkpoint["SemiFTDataModule"]["prompt_layout"]["prompt_format"] == "plain"
+    from semift_lightning.prompts import PromptBuilder
+    with pytest.raises(ValueError, match="prompt format 'chat': the tokenizer has no chat template"):
+        PromptBuilder(module.tokenizer, datamodule.task, 256, prompt_format="chat")
+    with pytest.raises(ValueError, match="data.prompt_format: must be chat or plain or unset, got 'raw'"):
+        SemiFTDataModule(task="fpb", labeled="x.csv", prompt_format="raw")
