@@ -391,3 +391,26 @@ def test_scientific_notation_scores_by_value():
     assert task.is_correct("1500", gold) and not task.is_correct("3", gold)
     with pytest.raises(ValueError, match="holds no finite number"):
         task.canonical_answer("1e999", None)
+
+
+def test_semift_refuses_a_log_folder_a_live_run_writes_into(tiny_model, fpb_like, tmp_path, capsys):
+    import subprocess
+    import sys
+    from semift_lightning.cli import main
+    from semift_lightning.io import RunLock
+    from test_cli import run_config
+    config = run_config(tmp_path, tiny_model, fpb_like)
+    folder = tmp_path / "runs" / "logs"
+    folder.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = RunLock(folder)
+        lock.path.write_text(f"{other.pid} {lock.owner.split(' ', 1)[1]}\n")
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "-c", config])
+        assert exit_info.value.code == 2 and f"{folder} is in use by a live run" in capsys.readouterr().err
+    finally:
+        other.kill()
+        other.wait()
+    main(["test", "-c", config])  # the other run is gone: its lock is taken over, and released at the end
+    assert not lock.path.exists()

@@ -158,7 +158,8 @@ def test_a_bad_semievol_schedule_is_reported_once(tmp_path, tiny_model, fpb_like
              "--selection.init_args.keep_fraction", "2"])
     problems = str(error.value).splitlines()[1:]
     assert problems == ["- semievol.warmup_epochs: must be at least 1 (the student first learns from labeled data), "
-                        "got 0", "- selection.init_args.keep_fraction (θ): must be in (0, 1], got 2.0"]
+                        "got 0", "- selection.init_args.keep_fraction (θ): must be in (0, 1], got 2.0 (or 'validation': θ "
+                        "from the student's validation accuracy)"]
 
 
 def test_unwritable_log_folder_fails_before_the_model_loads(tmp_path, tiny_model, fpb_like, monkeypatch):
