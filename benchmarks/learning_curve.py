@@ -174,7 +174,7 @@ class Runner:
             return self.summary[name]
         common, start = self.common(budget, seed), time.time()
         run = self.fit(name, common, "--trainer.max_epochs", "-1", "--trainer.max_steps", str(steps),
-                       every_epoch=False)
+                       "--trainer.limit_val_batches", "0", every_epoch=False)  # tested at its end: no validation
         summary = self.test(name, run, common, run / "logs" / "checkpoints" / "last.ckpt")
         self.record(name, steps=steps, accuracy=summary["accuracy"], seconds=round(time.time() - start))
         remove_checkpoints(run)

@@ -88,7 +88,7 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self.path.read_text(encoding="utf-8", errors="replace").strip() if self.path.exists() else ""
                 if holder and holder != self.owner and _alive(holder):
