@@ -316,8 +316,7 @@ class CollaborativeVoting(SemiEvolStage):
         return problems
 
     def module_needs(self, task: Any) -> list[str]:
-        scoring = ["option_log_probs"] if task.closed_form else ["generate_with_nll"]
-        return scoring + (["model"] if any(view.adapter != STUDENT for view in self.views) else [])
+        return [_scoring_method(task)] + (["model"] if any(view.adapter != STUDENT for view in self.views) else [])
 
     def check(self, trainer, datamodule, stages) -> None:
         closed_only = [f"views[{i}] (kind {LABEL_PROPAGATION})" for i, view in enumerate(self.views)
@@ -439,9 +438,8 @@ class EntropySelection(SemiEvolStage):
         return problems
 
     def module_needs(self, task: Any) -> list[str]:
-        scoring = ["option_log_probs" if task.closed_form else "generate_with_nll"]
         return (["restart_adapter"] if self.restart_student else []) + \
-            (scoring if self.keep_fraction == VALIDATION else [])
+            ([_scoring_method(task)] if self.keep_fraction == VALIDATION else [])
 
     def check(self, trainer, datamodule, stages) -> None:
         if self.keep_fraction == VALIDATION and not datamodule.load_split("val"):
@@ -547,6 +545,11 @@ def _as_views(views: Optional[list]) -> list[View]:
         return [View()]
     return [view if isinstance(view, View) else View(**(view if isinstance(view, dict) else vars(view)))
             for view in views]
+
+
+def _scoring_method(task) -> str:
+    """The module method a view answers with: option scoring (closed-form) or generation (free-form)."""
+    return "option_log_probs" if task.closed_form else "generate_with_nll"
 
 
 def _mean_pooled(module, batch) -> list[torch.Tensor]:

@@ -120,7 +120,7 @@ class SemiFTCLI(LightningCLI):
                                   "checkpoint it could take; pass the checkpoint file")
         if self.command_config.get("ckpt_path") == "last":  # Lightning would test the untrained model with a warning
             folder = self.trainer.checkpoint_callback.dirpath if self.trainer.checkpoint_callback else None
-            folder = Path(folder or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "checkpoints")
+            folder = Path(folder or self.lock.path.parent / "checkpoints")  # the log folder, as Lightning's default
             if not list(folder.glob("last*.ckpt")):
                 raise CheckpointError(f"ckpt_path=last: there is no last checkpoint in {folder}; fit first, or pass "
                                       f"a checkpoint file (without ckpt_path the untrained model is tested)")

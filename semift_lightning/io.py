@@ -90,7 +90,7 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = self.path.read_text(encoding="utf-8", errors="replace").strip() if self.path.exists() else ""
+                holder = self.holder()
                 if holder and holder != self.owner and _alive(holder):
                     raise OutputError(f"{self.path.parent} is in use by a live run (process {holder}); give this run "
                                       f"its own folder (--trainer.logger.init_args.save_dir or .version), or delete "
@@ -101,8 +101,12 @@ class RunLock:
                 handle.write(self.owner + "\n")
             return
 
+    def holder(self) -> str:
+        """``"PID HOST"`` of the process holding the lock; empty when none does."""
+        return self.path.read_text(encoding="utf-8", errors="replace").strip() if self.path.exists() else ""
+
     def release(self) -> None:
-        if self.path.exists() and self.path.read_text(encoding="utf-8", errors="replace").strip() == self.owner:
+        if self.holder() == self.owner:
             self.path.unlink(missing_ok=True)
 
 

@@ -430,8 +430,8 @@ class SemiFTModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["schedule_start"] = self.schedule_start
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.check_adapter(checkpoint, "the checkpoint")
+    def on_load_checkpoint(self, checkpoint: dict, name: str = "the checkpoint") -> None:
+        self.check_adapter(checkpoint, name)
         self.schedule_start = float(checkpoint.get("schedule_start", 0.0))
 
     def check_adapter(self, checkpoint: dict, name: str) -> None:
@@ -454,9 +454,8 @@ class SemiFTModule(L.LightningModule):
         one whose adapter tensors are missing here, unexpected or of other shapes, naming the file."""
         checkpoint = read_checkpoint(path)
         self.configure_model()
-        self.check_adapter(checkpoint, str(path))
+        self.on_load_checkpoint(checkpoint, str(path))
         self.load_state_dict(checkpoint["state_dict"], strict=False)
-        self.schedule_start = float(checkpoint.get("schedule_start", 0.0))
 
     def export_adapter(self, path: str | Path, merge: bool = False) -> Path:
         """Save the adapter with peft's save_pretrained, or the base with the adapter merged in (``merge``)."""
