@@ -10,9 +10,10 @@ For each budget N and data seed S: ``--data.sizes.labeled N --data.seed S`` draw
 
 - ``sft``: LoRA SFT, validated every epoch; the epoch with the best validation accuracy (ties: lower validation
   loss, then earlier) is tested.
-- each recipe in ``RECIPES``: starts from that SFT adapter (its warm-up epoch then continues on labeled data), runs
-  one pseudo-labeling round at the warm-up's end, trains ``--post-round-epochs`` more epochs on labeled + selected,
-  and the best-on-validation epoch after the round is tested.
+- each recipe in ``RECIPES``: runs one pseudo-labeling round when the fit starts, with that SFT adapter as it is
+  (``--semievol.warmup_epochs 0 --model.adapter``), then trains ``--post-round-epochs`` epochs on labeled +
+  selected (continuing that adapter, or a fresh one where the recipe restarts the student); the best-on-validation
+  epoch is tested.
 - ``semievol``: of the recipes run, the one with the best validation accuracy at its chosen epoch, averaged over
   the budget's seeds (ties: the earlier in ``RECIPES``): chosen before any test number is read.
 - ``sft_equal_steps``: SFT from scratch for as many optimizer steps as the chosen recipe took in all (the SFT
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -75,10 +77,9 @@ def epoch_checkpoints(run: Path) -> dict[int, Path]:
     return found
 
 
-def best_epoch(curve: list[dict], first_step: int = 0) -> dict:
-    """The best validation epoch at or after ``first_step``: highest accuracy, then lower loss, then earlier."""
-    eligible = [point for point in curve if point["step"] >= first_step]
-    return min(eligible, key=lambda p: (-p["acc"], p["loss"], p["step"]))
+def best_epoch(curve: list[dict]) -> dict:
+    """The best validation epoch: highest accuracy, then lower loss, then earlier."""
+    return min(curve, key=lambda p: (-p["acc"], p["loss"], p["step"]))
 
 
 class Runner:
@@ -89,8 +90,12 @@ class Runner:
         self.summary_path = self.out / "summary.json"
         self.summary = json.loads(self.summary_path.read_text()) if self.summary_path.exists() else {}
 
-    def save(self) -> None:
-        tmp = self.summary_path.with_suffix(".tmp")
+    def save(self, **entries) -> None:
+        """Adds ``entries`` to ``summary.json``, re-read first: runs of other budgets may write it meanwhile."""
+        if self.summary_path.exists():
+            self.summary = json.loads(self.summary_path.read_text())
+        self.summary.update(entries)
+        tmp = self.summary_path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.summary, indent=1, sort_keys=True))
         tmp.replace(self.summary_path)
 
@@ -121,13 +126,12 @@ class Runner:
         return json.loads((run / "logs" / "test_summary.json").read_text())
 
     def record(self, name: str, **values) -> None:
-        self.summary[name] = values
-        self.save()
+        self.save(**{name: values})
 
     def sft(self, budget: int, seed: int) -> dict:
         name = f"{self.tag(budget, seed)}_sft"
-        if name in self.summary:
-            return self.summary[name]
+        if name in self.summary and Path(self.summary[name]["adapter"]).exists():
+            return self.summary[name]  # (a recipe needs the adapter: without it, SFT runs again)
         common, start = self.common(budget, seed), time.time()
         train = budget - round(self.args.val_fraction * budget)
         epochs = min(40, max(4, math.ceil(self.args.sft_steps / math.ceil(train / 8))))
@@ -150,9 +154,9 @@ class Runner:
         sft = self.sft(budget, seed)
         common, start = self.common(budget, seed), time.time()
         run = self.fit(name, common, *RECIPES[method], "--model.adapter", sft["adapter"], "--semievol.warmup_epochs",
-                       "1", "--trainer.max_epochs", str(1 + self.args.post_round_epochs))
+                       "0", "--trainer.max_epochs", str(self.args.post_round_epochs))
         curve = val_curve(run)
-        chosen = best_epoch(curve, first_step=curve[1]["step"])  # an epoch after the round
+        chosen = best_epoch(curve)
         summary = self.test(name, run, common, epoch_checkpoints(run)[chosen["step"]])
         rounds = sorted((run / "logs").glob("pseudo_labels_round*.jsonl"))
         for path in rounds:
@@ -237,8 +241,7 @@ def main(argv=None) -> None:
                     runner.recipe(method, budget, seed)
         if CHOSEN in args.methods or "sft_equal_steps" in args.methods:
             chosen = runner.chosen_recipe(budget, seeds, args.recipes)
-            runner.summary[f"fpb_{round(100 * budget / LABELED_TOTAL)}pct_chosen"] = chosen
-            runner.save()
+            runner.save(**{f"fpb_{round(100 * budget / LABELED_TOTAL)}pct_chosen": chosen})
             print(f"budget {budget}: validation chose {chosen}", flush=True)
             for seed in seeds:
                 picked = runner.summary[f"{runner.tag(budget, seed)}_{chosen}"]

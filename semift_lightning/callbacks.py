@@ -2,7 +2,8 @@
 self-justification, and entropy selection of pseudo-labels.
 
 A round runs at the end of a training epoch: after ``warmup_epochs`` of labeled-only training, then every
-``refresh_every_n_epochs``, for ``rounds`` rounds. The first SemiEvol callback in ``trainer.callbacks`` drives the
+``refresh_every_n_epochs``, for ``rounds`` rounds. With ``warmup_epochs=0`` the first round runs when the fit starts,
+before any training, with the adapter the student starts from (a supervised one given as ``--model.adapter``). The first SemiEvol callback in ``trainer.callbacks`` drives the
 round and asks the others for their stage: propagate (neighbours), label (views and self-justification), select
 (uncertainty quantile). The pseudo-labels live in the DataModule (its ``state_dict`` carries them through
 checkpoints); the callbacks keep only bookkeeping.
@@ -80,7 +81,8 @@ class SemiEvolStage(L.Callback):
     """Shared schedule and checks of the SemiEvol callbacks.
 
     Args:
-        warmup_epochs: labeled-only epochs before the first round.
+        warmup_epochs: labeled-only epochs before the first round; 0: the first round runs when the fit starts,
+            with the adapter the student starts from (train one first, or give one as ``--model.adapter``).
         refresh_every_n_epochs: epochs between rounds.
         rounds: how many pseudo-labeling rounds to run.
     """
@@ -103,8 +105,8 @@ class SemiEvolStage(L.Callback):
                           **_: Any) -> list[str]:
         """Every problem with the arguments, each naming its argument; empty when all are fine."""
         problems = []
-        if warmup_epochs < 1:
-            problems.append(f"warmup_epochs: must be at least 1 (the student first learns from labeled data), "
+        if warmup_epochs < 0:
+            problems.append(f"warmup_epochs: must be at least 0 (0: the first round runs when the fit starts), "
                             f"got {warmup_epochs}")
         if refresh_every_n_epochs < 1:
             problems.append(f"refresh_every_n_epochs: must be at least 1, got {refresh_every_n_epochs}")
@@ -117,7 +119,7 @@ class SemiEvolStage(L.Callback):
         return self.warmup_epochs, self.refresh_every_n_epochs, self.rounds
 
     def round_due(self, epoch: int) -> Optional[int]:
-        """The 1-based round that ends epoch ``epoch`` (0-based), or None."""
+        """The 1-based round that ends epoch ``epoch`` (0-based; -1: the fit's start), or None."""
         since = epoch + 1 - self.warmup_epochs
         if since < 0 or since % self.refresh_every_n_epochs:
             return None
@@ -175,18 +177,24 @@ class SemiEvolStage(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._run_due_round(trainer, pl_module)
 
-    def _run_due_round(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # before the fit loop loads the training data, so that the first epoch already trains on the round's labels
+        # (a resumed run has its round: the DataModule's state is restored before this hook)
+        self._run_due_round(trainer, pl_module, epoch=-1)
+
+    def _run_due_round(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: Optional[int] = None) -> None:
         if not self._driver:
             return
-        index = self.round_due(trainer.current_epoch)
+        epoch = trainer.current_epoch if epoch is None else epoch
+        index = self.round_due(epoch)
         datamodule = trainer.datamodule
         if index is None or datamodule.pseudo_round >= index:  # a finished round is never recomputed
             return
         stages = [cb for cb in trainer.callbacks if isinstance(cb, SemiEvolStage)]
-        metrics = run_round(trainer, pl_module, datamodule, stages, index)
+        metrics = run_round(trainer, pl_module, datamodule, stages, index, epoch)
         for stage in stages:
             stage.history.append(metrics)
-        through = trainer.current_epoch + 2  # epochs to complete: the round's and the one that trains on it
+        through = epoch + 2  # epochs to complete: the round's and the one that trains on it
         if trainer.fit_loop.min_epochs is None or trainer.fit_loop.min_epochs < through:
             trainer.fit_loop.min_epochs = through  # early stopping then waits for that epoch (Lightning's min_epochs)
             if any(isinstance(cb, EarlyStopping) for cb in trainer.callbacks):
@@ -194,7 +202,7 @@ class SemiEvolStage(L.Callback):
                                f"trained on this round's pseudo-labels")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"history": self.history} if self._driver else {}  # the round's driver keeps it, once
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
@@ -502,8 +510,10 @@ def selectable(record: dict) -> bool:
 
 
 def run_round(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, stages: list[SemiEvolStage],
-              index: int) -> dict:
-    """Propagate, label and select on the unlabeled pool; hand the records to the DataModule; log the round."""
+              index: int, epoch: Optional[int] = None) -> dict:
+    """Propagate, label and select on the unlabeled pool; hand the records to the DataModule; log the round.
+    ``epoch``: the epoch the round ends (default: the trainer's; -1: the fit's start, before the first epoch)."""
+    epoch = trainer.current_epoch if epoch is None else epoch
     find = lambda kind: next((s for s in stages if isinstance(s, kind)), None)  # noqa: E731
     icp, voting, selection = find(InContextPropagation), find(CollaborativeVoting), find(EntropySelection)
     voting = voting or CollaborativeVoting(views=[View()], warmup_epochs=stages[0].warmup_epochs,
@@ -512,7 +522,7 @@ def run_round(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, st
     pool = datamodule.load_split("unlabeled")
     if not pool:
         rank_zero_warn("no unlabeled data: the pseudo-labeling round is skipped and training uses labeled data only")
-        datamodule.set_pseudo_labels([], index)
+        datamodule.set_pseudo_labels([], index, epoch)
         return {"round": index, "pool": 0}
     was_training = module.training
     module.eval()
@@ -528,13 +538,13 @@ def run_round(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, st
         record.update(round=index, selected=selectable(record))
     labeled_answers = datamodule.labeled_answers() if selection and selection.answer_mix == "labeled" else ()
     threshold = selection.select(records, labeled_answers, datamodule.task, keep_fraction) if selection else None
-    datamodule.set_pseudo_labels(records, index)
+    datamodule.set_pseudo_labels(records, index, epoch)
     if selection and selection.restart_student:
         module.restart_adapter()
     metrics = _round_metrics(records, datamodule.unlabeled_gold, datamodule.task, threshold, index)
     if keep_fraction is not None:
         metrics["keep_fraction"] = keep_fraction
-    _log_round(trainer, module, records, metrics)
+    _log_round(trainer, module, records, metrics, in_epoch=epoch >= 0)
     return metrics
 
 
@@ -620,8 +630,9 @@ def _answerer(module, task, view: View):
     def free(batch) -> list[dict]:
         if view.temperature > 0:
             torch.manual_seed(view.seed)
-        texts, nll = module.generate_with_nll(batch, do_sample=view.temperature > 0,
-                                              temperature=view.temperature or None)
+        examples = batch["examples"]
+        texts, nll = module.generate_with_nll(batch, answer_span=lambda text, row: task.answer_span(text, examples[row]),
+                                              do_sample=view.temperature > 0, temperature=view.temperature or None)
         return [{"answer": task.parse(text, example), "text": text, "uncertainty": loss}
                 for example, text, loss in zip(batch["examples"], texts, nll)]
     return free
@@ -719,13 +730,17 @@ def _round_metrics(records, gold, task, threshold, index) -> dict:
     return metrics
 
 
-def _log_round(trainer, module, records, metrics) -> None:
+def _log_round(trainer, module, records, metrics, in_epoch: bool) -> None:
     if not metrics["selected"]:
         rank_zero_warn(f"pseudo-labeling round {metrics['round']}: every candidate was rejected; training goes on "
                        f"with labeled data only")
-    for key, value in metrics.items():
-        if key != "round":
-            module.log(f"semievol/{key}", float(value), on_epoch=True, sync_dist=False, rank_zero_only=True)
+    scalars = {f"semievol/{key}": float(value) for key, value in metrics.items() if key != "round"}
+    if in_epoch:
+        for key, value in scalars.items():
+            module.log(key, value, on_epoch=True, sync_dist=False, rank_zero_only=True)
+    elif trainer.is_global_zero:  # Lightning's self.log is not available before the fit loop
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=trainer.global_step)
     out = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir is collective: every rank asks
     if trainer.is_global_zero:
         atomic_write_jsonl(out / f"pseudo_labels_round{metrics['round']}.jsonl", records)

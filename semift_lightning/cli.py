@@ -23,6 +23,7 @@ from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, In
 from semift_lightning.datamodule import SemiFTDataModule
 from semift_lightning.errors import ArgumentError, CheckpointError, SemiFTError
 from semift_lightning.io import AtomicCheckpointIO, RunLock, read_checkpoint
+from semift_lightning.model import as_stored
 from semift_lightning.module import SemiFTModule, check_outputs
 
 
@@ -174,7 +175,7 @@ def checkpoint_conflicts(checkpoint: Optional[dict], model: Namespace, path: Opt
                 f"{now.get(key)!r}; pass --model.lora.{key} with the checkpoint's value"
                 for key in ADAPTER_SHAPE if key in saved.get("lora", {})
                 and comparable(saved["lora"][key]) != comparable(now.get(key))]
-    if saved.get("model") not in (None, model.model):
+    if saved.get("model") not in (None, model.model, as_stored(model.model)):
         rank_zero_warn(f"{path} was trained on model {saved['model']!r}; this run loads its adapter onto "
                        f"{model.model!r}, as model.model says")
     return problems

@@ -95,10 +95,12 @@ def carve_validation(examples: Sequence[Example], fraction: float, seed: int,
 
 
 class Collator:
-    """Pads on the left (for batched inference; training does not mind) with a pad id that is not eos."""
+    """Pads on the left (for batched inference; training does not mind) with a pad id that is not eos; a closed-form
+    task's batches carry the option letters' token ids (``option_token_ids``), so the module needs nothing else."""
 
-    def __init__(self, pad_id: int) -> None:
+    def __init__(self, pad_id: int, option_token_ids: Sequence[int] = ()) -> None:
         self.pad_id = pad_id
+        self.option_token_ids = torch.tensor(list(option_token_ids), dtype=torch.long)
 
     def __call__(self, items: list[dict]) -> dict[str, Any]:
         width = max(len(item["input_ids"]) for item in items)
@@ -108,9 +110,12 @@ class Collator:
                  "attention_mask": torch.tensor([[0] * (width - len(item["input_ids"])) + [1] * len(item["input_ids"])
                                                  for item in items], dtype=torch.long),
                  "examples": [item["example"] for item in items]}
+        if len(self.option_token_ids):
+            batch["option_token_ids"] = self.option_token_ids
         if "labels" in items[0]:
             batch["labels"] = pad("labels", IGNORE_INDEX)
             batch["weight"] = torch.tensor([item["weight"] for item in items], dtype=torch.float32)
+            batch["pseudo"] = torch.tensor([item["pseudo"] for item in items])
             if any("soft_target" in item for item in items):  # rows without one train on their letter
                 batch["has_soft_target"] = torch.tensor(["soft_target" in item for item in items])
                 batch["soft_target"] = torch.tensor([item.get("soft_target", [0.0] * len(LETTERS)) for item in items],
@@ -142,7 +147,8 @@ class SemiFTDataModule(L.LightningDataModule):
         cache_dir: cache for ``pypi:`` data assets (default ``$SEMIFT_CACHE`` or ~/.cache/semift).
         pseudo_weight: loss weight of a pseudo-labeled item relative to a labeled one.
         max_pseudo_ratio: at most this many selected pseudo-labeled items per labeled item (the least
-            uncertain first); unset means all selected items.
+            uncertain first; the others' ``selected`` flag is cleared and ``capped`` set, so the round's records,
+            JSONL and metrics show it); unset means all selected items.
         test_overlap: what to do with labeled or unlabeled items whose question and options equal a test item's
             (test leakage): error (default), drop (remove them from training data, listing each), or allow.
         view_prompt_fraction: fraction of training items shown in the prompt forms of a pseudo-labeling round
@@ -217,7 +223,7 @@ class SemiFTDataModule(L.LightningDataModule):
     @staticmethod
     def argument_problems(task: str = "multiple_choice", labeled: Optional[str] = None, test: Optional[str] = None,
                           source: Optional[str] = None, split_fractions: Sequence[float] = (0.2, 0.6, 0.2),
-                          sizes: Any = None, batch_size: int = 8, eval_batch_size: int = 8, max_length: int = 1024,
+                          sizes: Any = None, batch_size: int = 8, eval_batch_size: int = 16, max_length: int = 1024,
                           num_workers: int = 0, pseudo_weight: float = 1.0, max_pseudo_ratio: Optional[float] = None,
                           test_overlap: str = "error", view_prompt_fraction: float = 0.0,
                           view_prompt_demonstrations: int = 2, val: Optional[str] = None, val_fraction: float = 0.0,
@@ -369,6 +375,7 @@ class SemiFTDataModule(L.LightningDataModule):
             if with_target:
                 item["labels"] = [IGNORE_INDEX] * len(encoded.prompt_ids) + encoded.target_ids
                 item["weight"] = 1.0 if weights is None else float(weights[i])
+                item["pseudo"] = split == "pseudo"
                 if soft_targets and example.id in soft_targets:
                     distribution = list(soft_targets[example.id])
                     item["soft_target"] = distribution + [0.0] * (len(LETTERS) - len(distribution))
@@ -414,17 +421,20 @@ class SemiFTDataModule(L.LightningDataModule):
     def pseudo_examples(self) -> list[Example]:
         """Unlabeled items whose pseudo-label was selected, with that label as their answer."""
         selected = [record for record in self.pseudo_labels if record["selected"]]
-        if self.max_pseudo_ratio is not None:
-            limit = int(self.max_pseudo_ratio * len(self.load_split("labeled")))
-            selected = sorted(selected, key=lambda record: (record["uncertainty"], record["id"]))[:limit]
         pool = {example.id: example for example in self.load_split("unlabeled")}
         return [replace(pool[record["id"]], answer=record["answer"]) for record in selected]
 
-    def set_pseudo_labels(self, records: list[dict], round_index: int) -> None:
-        """Replace the store with one round's records (one per unlabeled item), made at the end of this epoch."""
+    def set_pseudo_labels(self, records: list[dict], round_index: int, epoch: Optional[int] = None) -> None:
+        """Replace the store with one round's records (one per unlabeled item), made at the end of ``epoch``
+        (default: this one; -1: before the first, which then trains on them)."""
+        if self.max_pseudo_ratio is not None:
+            limit = int(self.max_pseudo_ratio * len(self.load_split("labeled")))
+            selected = sorted((r for r in records if r["selected"]), key=lambda r: (r["uncertainty"], r["id"]))
+            for record in selected[limit:]:
+                record.update(selected=False, capped=True)
         self.pseudo_labels = records
         self.pseudo_round = round_index
-        self.pseudo_epoch = self.trainer.current_epoch if self.trainer else -1
+        self.pseudo_epoch = epoch if epoch is not None else self.trainer.current_epoch if self.trainer else -1
 
     def state_dict(self) -> dict[str, Any]:
         return {"pseudo_labels": self.pseudo_labels, "pseudo_round": self.pseudo_round,
@@ -468,7 +478,7 @@ class SemiFTDataModule(L.LightningDataModule):
 
     def _loader(self, items: list[dict], batch_size: int, sampler=None) -> DataLoader:
         return DataLoader(items, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=Collator(self.prompts.tokenizer.pad_token_id))
+                          collate_fn=Collator(self.prompts.tokenizer.pad_token_id, self.prompts.option_token_ids))
 
     def train_dataloader(self) -> DataLoader:
         items = self.train_items()

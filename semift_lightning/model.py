@@ -49,6 +49,14 @@ class LoRAArgs:
         return out
 
 
+def as_stored(location: Optional[str]) -> Optional[str]:
+    """A model or adapter location as a checkpoint keeps it: a local path made absolute (a run started from another
+    folder finds it), anything else (a ``pypi:`` source, a hub id) as given."""
+    if location and Path(location).expanduser().exists():
+        return str(Path(location).expanduser().resolve())
+    return location
+
+
 @dataclass
 class ModelSource:
     """Where the weights and tokenizer live: ``path_or_id`` for from_pretrained plus an optional GGUF file."""

@@ -6,7 +6,7 @@ import inspect
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
@@ -19,7 +19,7 @@ from semift_lightning.datamodule import IGNORE_INDEX
 from semift_lightning.errors import ArgumentError, CheckpointError, OutputError
 from semift_lightning.io import (atomic_write_json, atomic_write_jsonl, check_writable, read_checkpoint,
                                  remove_interrupted_writes)
-from semift_lightning.model import SMOLLM2_135M_INSTRUCT, LoRAArgs, ModelSource
+from semift_lightning.model import SMOLLM2_135M_INSTRUCT, LoRAArgs, ModelSource, as_stored
 from semift_lightning.parsing import LETTERS
 
 
@@ -106,8 +106,8 @@ class SemiFTModule(L.LightningModule):
                                           max_new_tokens=max_new_tokens, adapter=adapter)
         if problems:
             raise ArgumentError("invalid model arguments:\n- " + "\n- ".join(problems))
-        self.save_hyperparameters({"model": model, "lora": asdict(lora), "optimizer": asdict(optimizer),
-                                   "adapter": adapter, "base_dtype": base_dtype, "max_new_tokens": max_new_tokens,
+        self.save_hyperparameters({"model": as_stored(model), "lora": asdict(lora), "optimizer": asdict(optimizer),
+                                   "adapter": as_stored(adapter), "base_dtype": base_dtype, "max_new_tokens": max_new_tokens,
                                    "share_prompt_prefix": share_prompt_prefix,
                                    "gradient_checkpointing": gradient_checkpointing})
         self.lora, self.optim_args = lora, optimizer
@@ -223,7 +223,7 @@ class SemiFTModule(L.LightningModule):
         if "soft_target" in batch:  # those rows' answer letter trains on a distribution over the option letters
             first = where & (where.long().cumsum(1) == 1)
             soft = (first & batch["has_soft_target"][:, None])[where]
-            letters = logits[soft].log_softmax(-1)[:, self.option_token_ids]
+            letters = logits[soft].log_softmax(-1)[:, batch["option_token_ids"]]
             soft_loss = -(batch["soft_target"][batch["has_soft_target"]] * letters).sum(-1)
             token_loss = token_loss.masked_scatter(soft, soft_loss)
         weights = batch["weight"][:, None].expand_as(targets)[where]
@@ -232,6 +232,11 @@ class SemiFTModule(L.LightningModule):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}; the last "
                                      f"checkpoint holds the state before it")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["examples"]))
+        if "pseudo" in batch:  # per epoch, the items trained on (a repeat that fills the last batch counts again)
+            pseudo = int(batch["pseudo"].sum())
+            for name, count in (("pseudo", pseudo), ("labeled", len(batch["pseudo"]) - pseudo)):
+                self.log(f"train/{name}_items", float(count), on_step=False, on_epoch=True, reduce_fx="sum",
+                         sync_dist=True, batch_size=1)
         return loss
 
     def configure_optimizers(self):
@@ -240,15 +245,16 @@ class SemiFTModule(L.LightningModule):
         fused = all(p.device.type in ("cpu", "cuda") for p in params)
         optimizer = torch.optim.AdamW(params, lr=self.optim_args.lr, weight_decay=self.optim_args.weight_decay,
                                       fused=fused)
-        first_step = 1 / max(1, int(self.trainer.estimated_stepping_batches))
         warmup = self.optim_args.warmup_ratio
 
         def factor(_step: int) -> float:
             done = self.fit_progress()
             if self.schedule_start < 1:  # after restart_adapter, the schedule runs again over what is left
                 done = max(0.0, done - self.schedule_start) / (1 - self.schedule_start)
-            if done < warmup:
-                return min(1.0, max(done, first_step) / warmup)  # never above lr, also on runs shorter than 1/warmup
+            if done < warmup:  # the first step counts as done: never a zero rate, never above lr
+                loaded = self.trainer.train_dataloader is not None  # not yet when the optimizer is configured
+                first_step = 1 / max(1, int(self.trainer.estimated_stepping_batches)) if loaded else 0.0
+                return min(1.0, max(done, first_step) / warmup)
             return max(0.0, (1 - done) / (1 - warmup))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -265,9 +271,22 @@ class SemiFTModule(L.LightningModule):
         for optimizer in self.trainer.optimizers:
             optimizer.state.clear()
         self.schedule_start = self.fit_progress()
-        for config in self.trainer.lr_scheduler_configs:
-            config.scheduler.step()  # the next step already takes the restarted schedule's rate
+        self._refresh_learning_rate()  # the next step already takes the restarted schedule's rate
         rank_zero_info(f"the student restarts from a fresh adapter at {self.schedule_start:.0%} of the fit")
+
+    def on_train_start(self) -> None:
+        if self.trainer.global_step == 0:  # a resumed fit has its rate from the checkpoint
+            # the data loads only now (after a round at the fit's start): the first step's rate needs its size
+            self._refresh_learning_rate()
+
+    def _refresh_learning_rate(self) -> None:
+        """Sets the optimizers' learning rates to what their schedule gives now, without stepping it."""
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                for group, base, rate in zip(scheduler.optimizer.param_groups, scheduler.base_lrs,
+                                             scheduler.lr_lambdas):
+                    group["lr"] = base * rate(scheduler.last_epoch)
 
     def fit_progress(self) -> float:
         """Fraction of the fit done, in [0, 1]. Epochs count by their own batch count, so a train set that grows
@@ -281,25 +300,22 @@ class SemiFTModule(L.LightningModule):
         return min(1.0, max(done, default=0.0))
 
     # ----- inference ---------------------------------------------------------------------------------------------
-    @property
-    def option_token_ids(self) -> torch.Tensor:
-        """The token ids of the option letters as an answer's first token."""
-        return torch.tensor(self.trainer.datamodule.prompts.option_token_ids, device=self.device)
-
     @torch.no_grad()
     def option_log_probs(self, batch: dict) -> torch.Tensor:
         """Log-probability of each option letter as the answer's first token, one forward pass; -inf past the
-        item's option count. Shape (batch, 10)."""
+        item's option count. Shape (batch, 10); the batch carries the letters' token ids (``option_token_ids``)."""
         hidden = self.tail_hidden_states(batch["input_ids"], batch["attention_mask"], keep_last=1)[0][:, -1]
         log_probs = self.lm_head(hidden).float().log_softmax(-1)
-        scores = log_probs[:, self.option_token_ids]
+        scores = log_probs[:, batch["option_token_ids"]]
         counts = torch.tensor([len(example.options) for example in batch["examples"]], device=scores.device)
         return scores.masked_fill(torch.arange(len(LETTERS), device=scores.device)[None] >= counts[:, None], -math.inf)
 
     @torch.no_grad()
-    def generate_with_nll(self, batch: dict, **kwargs: Any) -> tuple[list[str], list[float]]:
+    def generate_with_nll(self, batch: dict, answer_span: Optional[Callable[[str, int], Optional[tuple[int, int]]]]
+                          = None, **kwargs: Any) -> tuple[list[str], list[float]]:
         """Continuations (greedy unless kwargs say otherwise) and the mean negative log-probability of each one's
-        tokens up to its end."""
+        tokens up to its end; with ``answer_span(text, row)`` (character offsets of the answer in row ``row``'s
+        text, or None), of the tokens that overlap that span instead (all of them where there is none)."""
         kwargs = {"do_sample": False, "max_new_tokens": self.max_new_tokens, **kwargs}
         if not kwargs["do_sample"]:
             kwargs.pop("temperature", None)
@@ -311,8 +327,23 @@ class SemiFTModule(L.LightningModule):
         token_log_probs = log_probs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
         ended = (new_tokens == self.tokenizer.pad_token_id) | (new_tokens == self.tokenizer.eos_token_id)
         keep = (ended.long().cumsum(1) - ended.long()) == 0  # tokens up to and including the first end token
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        if answer_span is not None:
+            for row, text in enumerate(texts):
+                span = answer_span(text, row)
+                if span is not None:
+                    in_span = self._tokens_in_span(new_tokens[row], span)
+                    if in_span.any():
+                        keep[row] = in_span
         nll = (-(token_log_probs * keep).sum(1) / keep.sum(1).clamp_min(1)).tolist()
-        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True), nll
+        return texts, nll
+
+    def _tokens_in_span(self, tokens: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
+        """Which of the generated ``tokens`` overlap characters ``span`` of their decoded text."""
+        ends = [len(self.tokenizer.decode(tokens[:i + 1], skip_special_tokens=True)) for i in range(len(tokens))]
+        starts = [0, *ends[:-1]]
+        return torch.tensor([end > span[0] and start < span[1] and end > start for start, end in zip(starts, ends)],
+                            device=tokens.device)
 
     def predict_batch(self, batch: dict) -> list[dict]:
         """One record per item: prediction, correctness when the gold answer is known, option probabilities."""

@@ -53,14 +53,29 @@ def _match_option_text(text: str, options: Sequence[str]) -> Optional[int]:
     return found[0] if len(found) == 1 else None
 
 
+def _find_number(text: str) -> Optional[tuple[str, tuple[int, int]]]:
+    """The answer number's token and its character span in ``text``: the first after the last "answer", else the
+    last number; markup characters are skipped."""
+    kept = [i for i, ch in enumerate(text) if not _MARKUP.fullmatch(ch)]
+    clean = "".join(text[i] for i in kept)
+    anchor = clean.lower().rfind("answer")
+    after = list(_NUMBER.finditer(clean, anchor)) if anchor >= 0 else []
+    match = after[0] if after else (list(_NUMBER.finditer(clean)) or [None])[-1]
+    return None if match is None else (match.group(), (kept[match.start()], kept[match.end() - 1] + 1))
+
+
+def number_span(text: str) -> Optional[tuple[int, int]]:
+    """Where in ``text`` the number that ``parse_number`` reads stands (character offsets), or None."""
+    found = _find_number(text)
+    return None if found is None else found[1]
+
+
 def parse_number(text: str) -> Optional[tuple[float, bool]]:
     """The answer number in ``text`` and whether it carried a '%': after the last "answer", else the last one."""
-    clean = _MARKUP.sub("", text)
-    anchor = clean.lower().rfind("answer")
-    matches = _NUMBER.findall(clean[anchor:]) if anchor >= 0 else []
-    token = matches[0] if matches else (_NUMBER.findall(clean) or [None])[-1]
-    if token is None:
+    found = _find_number(text)
+    if found is None:
         return None
+    token = found[0]
     percent = token.endswith("%")
     value = float(token.rstrip("%").replace(",", "").replace("$", "").replace("−", "-"))
     return (value, percent) if math.isfinite(value) else None

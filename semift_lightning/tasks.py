@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from semift_lightning.parsing import (LETTERS, MAX_OPTIONS, MIN_OPTIONS, normalize_text, numbers_match,
-                                      parse_choice, parse_number, texts_match)
+from semift_lightning.parsing import (LETTERS, MAX_OPTIONS, MIN_OPTIONS, normalize_text, number_span,
+                                      numbers_match, parse_choice, parse_number, texts_match)
 
 if TYPE_CHECKING:
     from semift_lightning.records import Example
@@ -60,6 +60,13 @@ class Task:
 
     def is_correct(self, prediction: Optional[str], example: "Example") -> bool:
         raise NotImplementedError
+
+    def answer_span(self, text: str, example: "Example") -> Optional[tuple[int, int]]:
+        """Where in a generated ``text`` its parsed answer stands (character offsets), or None (not found): a free-
+        form view's uncertainty is the NLL of those tokens, so a terse and a verbose answer compare."""
+        answer = self.parse(text, example)
+        start = text.find(answer) if answer else -1
+        return (start, start + len(answer)) if start >= 0 else None
 
     def answer_key(self, answer: str) -> str:
         """What answers that mean the same share (per-answer selection groups by it): the answer itself here."""
@@ -124,6 +131,9 @@ class NumericTask(Task):
     def parse(self, text: str, example: "Example") -> Optional[str]:
         number = parse_number(text)
         return None if number is None else f"{number[0]:g}{'%' if number[1] else ''}"
+
+    def answer_span(self, text: str, example: "Example") -> Optional[tuple[int, int]]:
+        return number_span(text)
 
     def is_correct(self, prediction: Optional[str], example: "Example") -> bool:
         if prediction is None:

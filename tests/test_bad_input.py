@@ -5,6 +5,7 @@ import csv
 import json
 import re
 import shutil
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -414,3 +415,20 @@ def test_semift_refuses_a_log_folder_a_live_run_writes_into(tiny_model, fpb_like
         other.wait()
     main(["test", "-c", config])  # the other run is gone: its lock is taken over, and released at the end
     assert not lock.path.exists()
+
+
+def test_a_checkpoint_keeps_local_model_and_adapter_paths_absolute(tiny_model, tmp_path, monkeypatch):
+    from semift_lightning import SemiFTModule
+    from semift_lightning.cli import checkpoint_conflicts
+    from jsonargparse import Namespace
+    trained = SemiFTModule(model=tiny_model, lora={"r": 8})
+    trained.configure_model()
+    trained.export_adapter(tmp_path / "adapter")
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_model, tmp_path / "model")
+    module = SemiFTModule(model="model", adapter="adapter", lora={"r": 8})  # as typed: relative to this folder
+    assert module.hparams["model"] == str(tmp_path / "model") and module.hparams["adapter"] == str(tmp_path / "adapter")
+    checkpoint = {"hyper_parameters": dict(module.hparams)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same model typed relative again is not "another model"
+        assert checkpoint_conflicts(checkpoint, Namespace(model="model", lora=module.hparams["lora"]), "x.ckpt") == []

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from semift_lightning import SemiFTDataModule, SemiFTModule
 from semift_lightning.cli import main, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,11 +155,11 @@ def test_a_bad_semievol_schedule_is_reported_once(tmp_path, tiny_model, fpb_like
     config = run_config(tmp_path, tiny_model, fpb_like)
     with pytest.raises(ValueError) as error:
         run(["fit", "-c", config, "-c", str(REPO / "callbacks" / "semievol_light.yaml"),
-             "--data.unlabeled", "fpb/unlabeled.csv", "--semievol.warmup_epochs", "0",
+             "--data.unlabeled", "fpb/unlabeled.csv", "--semievol.warmup_epochs", "-1",
              "--selection.init_args.keep_fraction", "2"])
     problems = str(error.value).splitlines()[1:]
-    assert problems == ["- semievol.warmup_epochs: must be at least 1 (the student first learns from labeled data), "
-                        "got 0", "- selection.init_args.keep_fraction (θ): must be in (0, 1], got 2.0 (or 'validation': θ "
+    assert problems == ["- semievol.warmup_epochs: must be at least 0 (0: the first round runs when the fit starts), "
+                        "got -1", "- selection.init_args.keep_fraction (θ): must be in (0, 1], got 2.0 (or 'validation': θ "
                         "from the student's validation accuracy)"]
 
 
@@ -184,3 +185,16 @@ def test_no_optimizer_is_offered_that_would_see_no_lora_parameters(capsys):
 def test_every_task_config_logs_the_learning_rate(path):
     callbacks = yaml.safe_load((REPO / path).read_text())["trainer"]["callbacks"]
     assert "lightning.pytorch.callbacks.LearningRateMonitor" in [c["class_path"] for c in callbacks]
+
+
+def test_argument_checks_assume_the_defaults_the_classes_have():
+    import dataclasses
+    import inspect
+    from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation
+    for cls in (SemiFTDataModule, SemiFTModule, InContextPropagation, CollaborativeVoting, EntropySelection):
+        init = inspect.signature(cls.__init__).parameters
+        for name, parameter in inspect.signature(cls.argument_problems).parameters.items():
+            if name in init and parameter.default is not inspect.Parameter.empty:
+                same = parameter.default == init[name].default or (  # None there: the dataclass's own defaults
+                    parameter.default is None and dataclasses.is_dataclass(init[name].default))
+                assert same, f"{cls.__name__}.{name}: {init[name].default!r} != {parameter.default!r}"

@@ -111,3 +111,22 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_loss_and_gr
         torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6)
     with torch.no_grad():  # inference keeps sharing the opening
         assert checkpointed.tail_hidden_states(batch["input_ids"], batch["attention_mask"], keep_last=1)[1] > 0
+
+
+def test_free_form_uncertainty_is_the_nll_of_the_answer_span(tiny_model, fpb_like):
+    from semift_lightning.module import token_positions
+    module, batch = _module_and_batch(tiny_model, fpb_like)
+    module.eval()
+    texts, whole = module.generate_with_nll(batch, max_new_tokens=6)
+    spans = {row: (0, 1) for row, text in enumerate(texts) if text}  # the answer: the first character
+    assert spans
+    again, first = module.generate_with_nll(batch, max_new_tokens=6, answer_span=lambda text, row: spans.get(row))
+    assert again == texts
+    with torch.no_grad():
+        logits = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              position_ids=token_positions(batch["attention_mask"])).logits[:, -1].float()
+    greedy_first_token = -logits.log_softmax(-1).max(-1).values  # the NLL of the first generated token
+    for row in range(len(texts)):
+        expected = greedy_first_token[row].item() if row in spans else whole[row]
+        assert abs(first[row] - expected) < 1e-3, (row, texts[row])
+    assert any(abs(f - w) > 1e-3 for f, w in zip(first, whole))  # the span, not the whole continuation

@@ -67,3 +67,18 @@ def test_texts_match():
     assert not texts_match("Big Ben", "Eiffel Tower")
     assert not texts_match("anything", "")
 
+
+
+def test_the_answer_span_is_where_the_parsed_answer_stands_in_the_text():
+    from semift_lightning.parsing import number_span
+    from semift_lightning.tasks import get_preset
+    text = "Revenue was 3 units; the answer is **1,500** dollars."
+    start, end = number_span(text)
+    assert text[start:end] == "1,500" and parse_number(text) == (1500.0, False)
+    assert number_span("no number here") is None
+    numeric, free = get_preset("numeric").task, get_preset("free_text").task
+    assert numeric.answer_span(text, None) == (start, end)
+    reply = "Answer: Paris\nbecause it is the capital"
+    start, end = free.answer_span(reply, None)
+    assert reply[start:end] == "Paris"
+    assert free.answer_span("   ", None) is None

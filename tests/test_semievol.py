@@ -77,6 +77,11 @@ def test_full_recipe_refreshes_training_data_and_checkpoints_the_store(tiny_mode
     selected = [r for r in records if r["selected"]]
     assert 0 < len(selected) <= 15
     assert sizes.sizes == [24, 24 + len(selected)]  # the epoch after the round trains on labeled + selected
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "logs")).Reload()  # and TensorBoard shows what each epoch trained on
+    labeled, pseudo = ([e.value for e in events.Scalars(f"train/{name}_items")] for name in ("labeled", "pseudo"))
+    assert labeled[0] == 24 and pseudo[0] == 0
+    assert labeled[1] + pseudo[1] == 40 and labeled[1] >= 24 and pseudo[1] >= len(selected)  # 39 fill 10 batches of 4
     # the schedule stretches over the larger epoch: it decays down to its last step instead of reaching zero early
     rates = sizes.learning_rates[0] + sizes.learning_rates[1]
     assert all(a > b > 0 for a, b in zip(rates, rates[1:]))
@@ -92,9 +97,53 @@ def test_full_recipe_refreshes_training_data_and_checkpoints_the_store(tiny_mode
     assert all(metrics[f"semievol/selected_answer_{a}"] == sum(r["answer"] == a for r in selected) for a in answers)
 
     checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    histories = [state["history"] for state in checkpoint["callbacks"].values() if "history" in state]
+    assert histories == [trainer.callbacks[0].history] and len(histories[0]) == 1  # the round's metrics, once
     restored = SemiFTDataModule(task="fpb")
     restored.load_state_dict(checkpoint["SemiFTDataModule"])
     assert restored.pseudo_labels == records and restored.pseudo_round == 1
+
+
+def test_warmup_zero_runs_the_round_with_the_given_adapter_before_any_training(tiny_model, fpb_like, tmp_path):
+    L.seed_everything(3)
+    supervised = SemiFTModule(model=tiny_model, lora={"r": 8})
+    supervised.configure_model()
+    for name, weight in supervised.model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight, std=0.5)  # an adapter that answers otherwise than the base model
+    supervised.export_adapter(tmp_path / "supervised")
+    recipe = [EntropySelection(keep_fraction=0.5, warmup_epochs=0)]
+    module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, recipe, epochs=1)
+    module.adapter = str(tmp_path / "supervised")
+    start = {}
+    original = module.option_log_probs
+    module.option_log_probs = lambda batch: start.setdefault("weights", adapter_weights(module)) and original(batch)
+    module.optim_args.warmup_ratio = 0.5
+    trainer.fit(module, datamodule)
+    loaded = SemiFTModule(model=tiny_model, lora={"r": 8}, adapter=str(tmp_path / "supervised"))
+    loaded.configure_model()
+    assert all(torch.equal(start["weights"][k], w) for k, w in adapter_weights(loaded).items())  # the given adapter
+    selected = sum(r["selected"] for r in datamodule.pseudo_labels)
+    assert datamodule.pseudo_round == 1 and selected > 0
+    assert sizes.sizes == [24 + selected]  # the first epoch already trains on labeled + selected
+    steps = len(sizes.learning_rates[0])
+    assert sizes.learning_rates[0][0] == pytest.approx(0.01 / (0.5 * steps))  # one step's worth of warm-up, not 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "logs")).Reload()
+    assert events.Scalars("semievol/selected")[-1].value == selected  # logged though self.log is not yet allowed
+    assert (tmp_path / "logs" / "pseudo_labels_round1.jsonl").exists()
+
+
+def test_max_pseudo_ratio_is_part_of_the_selection_the_round_reports(tiny_model, fpb_like, tmp_path):
+    module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, full_recipe(), max_pseudo_ratio=0.25)
+    trainer.fit(module, datamodule)
+    records = datamodule.pseudo_labels
+    selected, capped = [r for r in records if r["selected"]], [r for r in records if r.get("capped")]
+    assert len(selected) == 6 and capped and not any(r["selected"] for r in capped)  # 0.25 x 24 labeled items
+    assert max(r["uncertainty"] for r in selected) <= min(r["uncertainty"] for r in capped)
+    assert sizes.sizes == [24, 30] and trainer.callback_metrics["semievol/selected"] == 6
+    written = [json.loads(line) for line in (tmp_path / "logs" / "pseudo_labels_round1.jsonl").read_text().splitlines()]
+    assert sum(r["selected"] for r in written) == 6 and sum(r.get("capped", False) for r in written) == len(capped)
 
 
 def test_resume_does_not_recompute_a_finished_round(tiny_model, fpb_like, tmp_path, monkeypatch):
@@ -312,8 +361,8 @@ def test_bad_arguments_are_clear(tiny_model, fpb_like, tmp_path):
         CollaborativeVoting(views=[])
     with pytest.raises(ValueError, match=r"views\[1\].adapter: '/nowhere' is neither"):
         CollaborativeVoting(views=[View(), View(adapter="/nowhere")])
-    with pytest.raises(ValueError, match="warmup_epochs: must be at least 1"):
-        InContextPropagation(warmup_epochs=0)
+    with pytest.raises(ValueError, match="warmup_epochs: must be at least 0"):
+        InContextPropagation(warmup_epochs=-1)
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [InContextPropagation(k=25)])
     with pytest.raises(ValueError, match=r"k=25 is larger than the labeled set \(24 items\)"):
         trainer.fit(module, datamodule)
@@ -349,7 +398,7 @@ def _interrupted_then_resumed(tiny_model, root, tmp_path, recipe, crash, monkeyp
     rounds = []
     from semift_lightning import callbacks
     run_round = callbacks.run_round
-    monkeypatch.setattr(callbacks, "run_round", lambda *a: rounds.append(a[-1]) or run_round(*a))
+    monkeypatch.setattr(callbacks, "run_round", lambda *a: rounds.append(a[4]) or run_round(*a))
     module, datamodule, trainer, _ = make(tiny_model, root, tmp_path / "crashed", recipe(), epochs=epochs,
                                  trainer_args=trainer_args, **data)
     trainer.fit(module, datamodule, ckpt_path=tmp_path / "crashed" / "ckpt" / "last.ckpt")
