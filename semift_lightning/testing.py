@@ -17,7 +17,7 @@ WORDS = {"negative": ["fell", "loss", "down", "weak"], "neutral": ["held", "said
          "positive": ["rose", "profit", "up", "strong"]}
 
 
-def make_tiny_model(folder: Path) -> Path:
+def make_tiny_model(folder: Path, hidden_size: int = 32) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -33,7 +33,8 @@ def make_tiny_model(folder: Path) -> Path:
                                         bos_token="<|im_start|>")
     tokenizer.chat_template = CHATML
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
                          tie_word_embeddings=True, initializer_range=0.3)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -32,6 +33,20 @@ def test_training_speed_benchmark_prints_both_loops_and_their_ratio(tiny_model, 
     assert all(int(row[2]) == 6 and float(row[4]) > 0 and float(row[7]) > 0 for row in rows)  # 24 items / 4
     assert "speed ratio (ours / plain, tokens per second): " in out and "GEMM peaks: " in out
     assert "question first" in out and "gradient checkpointing: " in out
+
+
+def test_training_speed_benchmark_compares_quantized_bases(fpb_like, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from semift_lightning.testing import make_tiny_model
+    wide = make_tiny_model(tmp_path / "wide", hidden_size=64)  # bitsandbytes' blocks of 64
+    (tmp_path / "cwd").mkdir()
+    out = run("speed_training.py", "--data-root", str(fpb_like), "--model", str(wide), "--batch-size", "4",
+              "--quantization", "--max-steps", "3", cwd=tmp_path / "cwd")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ours")]
+    assert [row[1].strip() for row in rows] == ["ours", "ours, nf4", "ours, int8"]
+    assert all(int(row[2]) == 3 and float(row[9]) > 0 for row in rows)
+    weights = [float(row[9]) for row in rows]
+    assert weights[1] < weights[0] and "ours, nf4 against ours: " in out
 
 
 def test_model_flops_count_every_decoder_call_and_every_position_the_head_sees(tiny_model):
