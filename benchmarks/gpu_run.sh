@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # BENCHMARKS.md's GPU section in one command: the training speed benchmark, the FPB SFT + SemiEvol-light pair
 # (semievol_vs_sft.sh: vanilla, SFT, SemiEvol, SFT for SemiEvol's step count) and the pseudo-labeling speed
-# benchmark with the SFT student's adapter. Prints the card, each stage's output and when each stage started. The
+# benchmark with the SFT student's adapter, then a 2-view round under FSDP on all GPUs. Prints the card, each stage's output and when each stage started. The
 # speed benchmarks run alone; the pair runs its SFT side beside its SemiEvol side (BENCH_PARALLEL=1), which a GPU
 # that one 135M model leaves mostly idle allows.
 # Usage: benchmarks/gpu_run.sh DATA_ROOT [MODEL] [PSEUDO_LABEL_ITEMS]
@@ -33,4 +33,12 @@ module.load_state_dict(checkpoint["state_dict"], strict=False)
 print("SFT adapter:", module.export_adapter("runs/fpb_sft_adapter"))
 PY
 python "$here/speed_pseudo_labeling.py" --data-root "$root" --adapter runs/fpb_sft_adapter --items "$items" "${model_arg[@]}"
+stage "FSDP: a 2-view SemiEvol-light round with the student sharded over every GPU (generation in step)"
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+semift fit -c "$here/../configs/fpb.yaml" -c "$here/../callbacks/semievol_light.yaml" --data.root "$root" \
+  ${model:+--model.model "$model"} --trainer.strategy fsdp --trainer.devices "$gpus" --trainer.max_epochs 2 \
+  --semievol.warmup_epochs 1 --data.sizes.labeled 64 --data.sizes.unlabeled 64 --data.sizes.test 64 \
+  --trainer.logger.init_args.save_dir runs/fpb_fsdp
+python -c "import json; r = [json.loads(l) for l in open('runs/fpb_fsdp/logs/pseudo_labels_round1.jsonl')]; \
+print('FSDP round:', len(r), 'records,', sum(x['selected'] for x in r), 'selected')"
 stage "done"

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
@@ -328,7 +329,9 @@ class SemiFTModule(L.LightningModule):
         """Continuations (greedy unless kwargs say otherwise) and the mean negative log-probability of each one's
         tokens up to its end; with ``answer_span(text, row)`` (character offsets of the answer in row ``row``'s
         text, or None), of the tokens that overlap that span instead (all of them where there is none)."""
-        kwargs = {"do_sample": False, "max_new_tokens": self.max_new_tokens, **kwargs}
+        sharded = self._trainer is not None and self._trainer.world_size > 1 and \
+            isinstance(self._trainer.strategy, FSDPStrategy)  # every rank's forward gathers the shards
+        kwargs = {"do_sample": False, "max_new_tokens": self.max_new_tokens, "synced_gpus": sharded, **kwargs}
         if not kwargs["do_sample"]:
             kwargs.pop("temperature", None)
         output = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

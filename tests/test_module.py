@@ -130,3 +130,17 @@ def test_free_form_uncertainty_is_the_nll_of_the_answer_span(tiny_model, fpb_lik
         expected = greedy_first_token[row].item() if row in spans else whole[row]
         assert abs(first[row] - expected) < 1e-3, (row, texts[row])
     assert any(abs(f - w) > 1e-3 for f, w in zip(first, whole))  # the span, not the whole continuation
+
+
+def test_generation_runs_in_step_across_ranks_when_the_weights_are_sharded(tiny_model, fpb_like, monkeypatch):
+    from types import SimpleNamespace
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+    module, batch = _module_and_batch(tiny_model, fpb_like)
+    seen = []
+    generate = module.model.generate
+    monkeypatch.setattr(module.model, "generate", lambda **kwargs: seen.append(kwargs["synced_gpus"]) or generate(
+        **{**kwargs, "synced_gpus": False}))
+    for strategy, world_size in ((FSDPStrategy(), 2), (DDPStrategy(), 2), (FSDPStrategy(), 1)):
+        module._trainer = SimpleNamespace(world_size=world_size, strategy=strategy)
+        module.generate_with_nll(batch, max_new_tokens=2)
+    assert seen == [True, False, False]  # only sharded weights need every rank in every forward pass
