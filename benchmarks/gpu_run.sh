@@ -34,11 +34,15 @@ print("SFT adapter:", module.export_adapter("runs/fpb_sft_adapter"))
 PY
 python "$here/speed_pseudo_labeling.py" --data-root "$root" --adapter runs/fpb_sft_adapter --items "$items" "${model_arg[@]}"
 stage "FSDP: a 2-view SemiEvol-light round with the student sharded over every GPU (generation in step)"
-gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
-semift fit -c "$here/../configs/fpb.yaml" -c "$here/../callbacks/semievol_light.yaml" --data.root "$root" \
-  ${model:+--model.model "$model"} --trainer.strategy fsdp --trainer.devices "$gpus" --trainer.max_epochs 2 \
-  --semievol.warmup_epochs 1 --data.sizes.labeled 64 --data.sizes.unlabeled 64 --data.sizes.test 64 \
-  --trainer.logger.init_args.save_dir runs/fpb_fsdp
-python -c "import json; r = [json.loads(l) for l in open('runs/fpb_fsdp/logs/pseudo_labels_round1.jsonl')]; \
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l || true)
+if [ "$gpus" -gt 0 ]; then  # Lightning refuses FSDP on a CPU
+  semift fit -c "$here/../configs/fpb.yaml" -c "$here/../callbacks/semievol_light.yaml" --data.root "$root" \
+    ${model:+--model.model "$model"} --trainer.strategy fsdp --trainer.devices "$gpus" --trainer.max_epochs 2 \
+    --semievol.warmup_epochs 1 --data.sizes.labeled 64 --data.sizes.unlabeled 64 --data.sizes.test 64 \
+    --trainer.logger.init_args.save_dir runs/fpb_fsdp
+  python -c "import json; r = [json.loads(l) for l in open('runs/fpb_fsdp/logs/pseudo_labels_round1.jsonl')]; \
 print('FSDP round:', len(r), 'records,', sum(x['selected'] for x in r), 'selected')"
+else
+  echo "FSDP: skipped, no GPU"
+fi
 stage "done"

@@ -86,6 +86,7 @@ def main() -> None:
     gold, labeled = unlabeled_gold(datamodule), datamodule.labeled_answers()
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     module = SemiFTModule(**{**checkpoint["hyper_parameters"], "optimizer": {"lr": 1e-12}})  # model and LoRA shape
+    datamodule.connect(module.tokenizer, module.max_context_length)
     replay = Replay(checkpoint, records)
     trainer = L.Trainer(max_epochs=1, limit_train_batches=1, precision=default_precision(), logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,

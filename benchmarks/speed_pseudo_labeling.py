@@ -90,6 +90,7 @@ def run_side(args, side: str, scratch: str) -> dict:
     trainer = L.Trainer(max_epochs=1, limit_train_batches=1, precision=default_precision(), logger=False,
                         default_root_dir=scratch, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=False, callbacks=stages)
+    datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     gold = datamodule.unlabeled_gold
     if side == "ours":

@@ -34,7 +34,6 @@ from semift_lightning import SemiFTDataModule, SemiFTModule
 from semift_lightning.cli import default_precision
 from semift_lightning.datamodule import IGNORE_INDEX
 from semift_lightning.model import SMOLLM2_135M_INSTRUCT
-from semift_lightning.prompts import PromptBuilder
 
 CHECKPOINTED = "ours, checkpointed"  # the side --gradient-checkpointing adds
 QUANTIZED = ("nf4", "int8")  # the bases --quantization compares ours on
@@ -73,6 +72,7 @@ def run_ours(args, gradient_checkpointing: bool = False, quantization: str = "no
     trainer = L.Trainer(max_epochs=args.epochs, max_steps=args.max_steps, precision=default_precision(), logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
                         callbacks=[meter])
+    datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     return {"seconds": meter.seconds, "tokens": meter.tokens, "flops": meter.model_flops.training_total,
             "steps": trainer.global_step, "weights_mib": module.model.get_base_model().get_memory_footprint() / 2**20}
@@ -96,7 +96,7 @@ def run_plain(args) -> dict:
     datamodule, module = data_and_module(args)
     module.configure_model()  # the same base weights and LoRA settings, fp32
     model = module.model
-    datamodule.prompts = PromptBuilder(module.tokenizer, datamodule.task, datamodule.max_length)
+    datamodule.connect(module.tokenizer)
     items = datamodule.encode("labeled", datamodule.load_split("labeled"), with_target=True)
     loader = DataLoader([{k: item[k] for k in ("input_ids", "labels")} for item in items],
                         batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(args.seed),

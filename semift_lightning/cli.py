@@ -100,6 +100,7 @@ class SemiFTCLI(LightningCLI):
     def before_fit(self) -> None:  # before the logger creates its folder
         check_outputs(self.trainer, fitting=True)
         self.lock_log_folder()
+        self.datamodule.connect(self.model.tokenizer, self.model.max_context_length)
 
     def lock_log_folder(self) -> None:
         """Refuse a log folder that a live run writes into (rank zero holds the lock until the command ends)."""
@@ -116,6 +117,7 @@ class SemiFTCLI(LightningCLI):
     def before_test(self) -> None:
         check_outputs(self.trainer, fitting=False)
         self.lock_log_folder()
+        self.datamodule.connect(self.model.tokenizer, self.model.max_context_length)
         if self.command_config.get("ckpt_path") == "best":  # Lightning knows a best checkpoint only in a fit's process
             raise CheckpointError("ckpt_path=best: a separate test, validate or predict run has no fit whose best "
                                   "checkpoint it could take; pass the checkpoint file")

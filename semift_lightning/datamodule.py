@@ -342,12 +342,19 @@ class SemiFTDataModule(L.LightningDataModule):
             raise DataError(f"no {split} data: set data.{split} (with data.root for relative paths) or data.source")
         return examples
 
+    def connect(self, tokenizer: Any, max_context_length: Optional[int] = None) -> None:
+        """Hand the DataModule what it needs from the model, before ``fit`` / ``test`` / ``predict``: its tokenizer
+        (a pad token that is not eos, left padding) and optionally its context length (prompts are cut to the
+        smaller of it and ``max_length``). ``semift`` does it; a script of your own calls
+        ``datamodule.connect(module.tokenizer, module.max_context_length)``."""
+        self.prompts = PromptBuilder(tokenizer, self.task, min(self.max_length, max_context_length or self.max_length),
+                                     self.system_prompt, self.prompt_format)
+
     def setup(self, stage: str) -> None:
         if self.prompts is None:
-            module = self.trainer.lightning_module
-            context = getattr(module, "max_context_length", self.max_length)  # optional for modules not ours
-            self.prompts = PromptBuilder(module.tokenizer, self.task, min(self.max_length, context), self.system_prompt,
-                                         self.prompt_format)
+            raise ArgumentError("SemiFTDataModule: connect(tokenizer, max_context_length) was not called; call "
+                                "datamodule.connect(module.tokenizer, module.max_context_length) before the "
+                                "Trainer runs")
         if stage == "predict":
             self.answers_optional.add("test")  # predicting is for data without answers; given ones are still checked
         needed = {"fit": ["labeled"], "validate": ["val"], "test": ["test"], "predict": ["test"]}[stage]

@@ -157,6 +157,7 @@ def semievol_fit(tiny_model, fpb_like, tmp_path, epochs=1, **fit):
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(tmp_path / "ckpt", save_top_k=-1)
     trainer = L.Trainer(max_epochs=epochs, default_root_dir=tmp_path, logger=L.pytorch.loggers.TensorBoardLogger(
         tmp_path, name="logs", version=""), enable_progress_bar=False, callbacks=[*stages, record_size, checkpoints])
+    datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule, **fit)
     return sizes
 

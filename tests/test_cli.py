@@ -198,3 +198,26 @@ def test_argument_checks_assume_the_defaults_the_classes_have():
                 same = parameter.default == init[name].default or (  # None there: the dataclass's own defaults
                     parameter.default is None and dataclasses.is_dataclass(init[name].default))
                 assert same, f"{cls.__name__}.{name}: {init[name].default!r} != {parameter.default!r}"
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "callbacks").glob("*.yaml")))
+def test_every_recipe_runs_its_round_on_a_numeric_task(tmp_path, tiny_model, recipe, monkeypatch):
+    from semift_lightning.testing import write_csv
+    (tmp_path / "data" / "convfinqa").mkdir(parents=True)
+    for split, start, count in (("labeled", 0, 12), ("unlabeled", 100, 10), ("test", 200, 4)):
+        write_csv(tmp_path / "data" / "convfinqa" / f"{split}.csv",
+                  [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(start, start + count)])
+    config = run_config(tmp_path, tiny_model, tmp_path / "data", epochs=2)
+    args = ["fit", "-c", str(REPO / "configs" / "convfinqa.yaml"), "-c", config, "-c", str(REPO / "callbacks" / recipe),
+            "--data.task", "convfinqa", "--data.labeled", "convfinqa/labeled.csv", "--data.unlabeled",
+            "convfinqa/unlabeled.csv", "--data.test", "convfinqa/test.csv", "--model.max_new_tokens", "4",
+            "--semievol.warmup_epochs", "1", "--semievol.rounds", "1"]
+    if recipe == "label_propagation.yaml":  # label propagation and the labeled answer mix need shared options
+        monkeypatch.setattr("semift_lightning.model.ModelSource.load_model",
+                            lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+        with pytest.raises(ValueError, match="closed-form|share their options"):
+            main(args)
+        return
+    main(args)
+    records = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["SemiFTDataModule"]["pseudo_labels"]
+    assert len(records) == 10 and all(r["selected"] is False for r in records if r["answer"] is None)

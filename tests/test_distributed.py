@@ -35,6 +35,7 @@ def run(tiny_model, root, out, devices, batch_size):
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=devices, default_root_dir=out,
                         strategy="ddp_spawn" if devices > 1 else "auto", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=callbacks)
+    datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     return torch.load(out / "ckpt" / "last.ckpt", weights_only=True)["SemiFTDataModule"]["pseudo_labels"]
 

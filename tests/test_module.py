@@ -7,7 +7,6 @@ import torch
 from semift_lightning import SemiFTDataModule, SemiFTModule
 from semift_lightning.datamodule import Collator
 from semift_lightning.module import shared_prefix_length
-from semift_lightning.prompts import PromptBuilder
 
 
 def _loss_and_grads(module: SemiFTModule, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -27,7 +26,7 @@ def _module_and_batch(tiny_model, fpb_like, **module_args) -> tuple[SemiFTModule
         if "lora_B" in name:  # peft starts B at zero, which would leave every A gradient zero
             parameter.data.normal_(std=0.1)
     datamodule = SemiFTDataModule(task="fpb", root=str(fpb_like), labeled="fpb/labeled.csv")
-    datamodule.prompts = PromptBuilder(module.tokenizer, datamodule.task, datamodule.max_length)
+    datamodule.connect(module.tokenizer)
     items = datamodule.encode("labeled", datamodule.load_split("labeled"), with_target=True)[:6]
     assert len({len(item["input_ids"]) for item in items}) > 1  # left padding is exercised
     return module, Collator(module.tokenizer.pad_token_id)(items)
@@ -74,7 +73,7 @@ def test_question_last_makes_a_fixed_option_task_share_its_options_and_instructi
     for question_last in (False, True):
         datamodule = SemiFTDataModule(task="fpb", root=str(fpb_like), labeled="fpb/labeled.csv",
                                       question_last=question_last)
-        datamodule.prompts = PromptBuilder(module.tokenizer, datamodule.task, datamodule.max_length)
+        datamodule.connect(module.tokenizer)
         examples = datamodule.load_split("labeled")
         items = datamodule.encode("labeled", examples, with_target=True)
         batch = Collator(module.tokenizer.pad_token_id)(items)

@@ -27,9 +27,11 @@ def test_a_module_missing_the_contract_gets_a_clear_error(tiny_model, fpb_like, 
     datamodule = SemiFTDataModule(task="fpb", root=str(fpb_like), labeled="fpb/labeled.csv", max_length=256)
     trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
                         callbacks=[EntropySelection()])
+    module = Bare()
+    datamodule.connect(module.tokenizer, module.max_context_length)
     with pytest.raises(AttributeError, match="EntropySelection needs module.option_log_probs; see the plug-in "
                                              "contract"):  # a closed-form task without propagation
-        trainer.fit(Bare(), datamodule)
+        trainer.fit(module, datamodule)
 
 
 
@@ -52,6 +54,7 @@ def test_a_closed_form_setup_without_propagation_needs_no_generation_or_hidden_s
     _, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path,
                                      [CollaborativeVoting(views=[View()]), EntropySelection(per_answer=True)])
     module = ScoringOnly(model=tiny_model, optimizer={"lr": 0.01, "warmup_ratio": 0.0}, lora={"r": 8})
+    datamodule.connect(module.tokenizer, module.max_context_length)
     module.share_prompt_prefix = True  # every pass continues a shared opening: no plain hidden_states pass
     trainer.fit(module, datamodule)
     assert datamodule.pseudo_round == 1
@@ -71,6 +74,7 @@ def test_a_datamodule_whose_state_does_not_reach_checkpoints_is_refused(tiny_mod
     callbacks = [EntropySelection(per_answer=True, answer_mix="labeled")]
     module, _, trainer, _ = make(tiny_model, fpb_like, tmp_path, callbacks)
     stateless = Stateless(task="fpb", root=str(fpb_like), labeled="fpb/labeled.csv", unlabeled="fpb/unlabeled.csv")
+    stateless.connect(module.tokenizer, module.max_context_length)
     with pytest.raises(AttributeError, match=r"needs datamodule.labeled_answers, datamodule.state_dict / "
                                              r"load_state_dict \(the pseudo-labels must live in checkpoints"):
         trainer.fit(module, stateless)

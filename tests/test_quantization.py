@@ -25,6 +25,7 @@ def test_a_quantized_base_trains_its_adapter_and_checkpoints_only_that(wide_tiny
                                   batch_size=4)
     trainer = L.Trainer(max_epochs=1, precision="32-true", default_root_dir=tmp_path, logger=False,
                         enable_progress_bar=False, enable_model_summary=False)
+    datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     base = module.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
     assert type(base).__name__ == layer

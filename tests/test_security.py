@@ -58,6 +58,7 @@ def test_checkpoints_load_without_running_pickled_code(tiny_model, fpb_like, tmp
     trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
                         enable_model_summary=False)
     with pytest.raises(Exception, match="Weights only load failed"):
+        datamodule.connect(module.tokenizer, module.max_context_length)
         trainer.fit(module, datamodule, ckpt_path=evil)
     assert not marker.exists()
 
@@ -117,6 +118,7 @@ def test_ids_and_categories_in_data_never_become_paths(tiny_model, tmp_path):
                                   max_length=256)
     trainer = L.Trainer(max_epochs=1, default_root_dir=run, enable_progress_bar=False, enable_model_summary=False,
                         logger=L.pytorch.loggers.TensorBoardLogger(run, name="logs", version=""))
+    datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     trainer.test(module, datamodule)
     written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(tmp_path / "data")]

@@ -39,6 +39,7 @@ def make(tiny_model, root, tmp_path, callbacks, epochs=2, trainer_args=None, **d
     datamodule = SemiFTDataModule(**{"task": "fpb", "root": str(root), "labeled": "fpb/labeled.csv",
                                      "unlabeled": "fpb/unlabeled.csv", "test": "fpb/test.csv", "batch_size": 4,
                                      "eval_batch_size": 8, "max_length": 256, **data})
+    datamodule.connect(module.tokenizer, module.max_context_length)
     sizes = DatasetSizes()
     trainer = L.Trainer(max_epochs=epochs, default_root_dir=tmp_path, logger=L.pytorch.loggers.TensorBoardLogger(
         tmp_path, name="logs", version=""), enable_progress_bar=False, enable_model_summary=False,

@@ -46,6 +46,7 @@ def test_datamodule_carves_validation_from_the_labeled_budget(fpb_like):
 
 def test_validation_logs_a_loss_beside_accuracy(tiny_model, fpb_like, tmp_path):
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [], epochs=1, val_fraction=0.25)
+    datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     loss = trainer.callback_metrics["val/fpb/loss"]
     assert math.isfinite(float(loss)) and float(loss) > 0 and "val/fpb/acc" in trainer.callback_metrics
@@ -74,6 +75,7 @@ def lp_recipe(**selection):
 
 def test_label_propagation_and_distribution_voting_make_a_round(tiny_model, fpb_like, tmp_path):
     module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, lp_recipe())
+    datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     records = datamodule.pseudo_labels
     assert len(records) == 30 and all(len(r["view_answers"]) == 2 for r in records)
@@ -93,6 +95,7 @@ def test_restart_student_trains_the_epochs_after_the_round_from_a_fresh_adapter(
 
     probe = AtRound()
     module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, [*lp_recipe(restart_student=True), probe])
+    datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     lora_b = [w for name, w in probe.weights.items() if "lora_B" in name]
     assert lora_b and all(torch.count_nonzero(w) == 0 for w in lora_b)  # as a new adapter starts
@@ -108,6 +111,7 @@ def test_the_learning_rate_never_exceeds_its_peak_on_a_run_shorter_than_its_warm
     L.seed_everything(7)
     module = SemiFTModule(model=tiny_model, optimizer={"lr": 0.01, "warmup_ratio": 0.5}, lora={"r": 8})
     _, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, [], epochs=1)
+    datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     assert max(sizes.learning_rates[0]) <= 0.01 + 1e-12
 
@@ -152,6 +156,7 @@ def test_soft_pseudo_labels_train_on_the_rounds_distribution(tiny_model, fpb_lik
     probe = Probe()
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [*lp_recipe(), probe],
                                           soft_pseudo_labels=True)
+    datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     selected = [r for r in datamodule.pseudo_labels if r["selected"]]
     assert selected and all(len(r["probs"]) == 3 for r in selected)
@@ -165,6 +170,7 @@ def test_early_stopping_waits_for_the_epoch_that_trains_on_a_round(tiny_model, f
                                                      stopping_threshold=0.0)  # reached at the first check
     callbacks = [CollaborativeVoting(views=[View()]), EntropySelection(per_answer=True), stop_at_once]
     module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, callbacks, epochs=4, val_fraction=0.25)
+    datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     assert datamodule.pseudo_round == 1 and trainer.current_epoch == 2  # epochs 0 (the round's) and 1 ran
     assert len(sizes.sizes) == 2 and sizes.sizes[1] > sizes.sizes[0]
@@ -174,6 +180,7 @@ def test_theta_from_the_students_validation_accuracy(tiny_model, fpb_like, tmp_p
     selection = EntropySelection(keep_fraction="validation")
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [CollaborativeVoting(views=[View()]),
                                                                            selection], val_fraction=0.25)
+    datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     theta = float(trainer.callback_metrics["semievol/keep_fraction"])
     val = datamodule.load_split("val")
@@ -200,6 +207,7 @@ def test_a_tokenizer_without_a_chat_template_trains_evaluates_and_labels_in_the_
     module, datamodule, trainer, sizes = make(str(base), fpb_like, tmp_path,
                                               [CollaborativeVoting(views=[View()]), EntropySelection(per_answer=True)])
     assert module.tokenizer.chat_template is None
+    datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     prompts = datamodule.prompts
     assert prompts.prompt_format == "plain" and datamodule.pseudo_round == 1 and sizes.sizes[1] > 24
