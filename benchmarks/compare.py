@@ -11,19 +11,9 @@ about that much without knowing anything).
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
-from pathlib import Path
 
-import torch
-
-
-def read_predictions(path: str) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def correctness(rows: list[dict]) -> dict[str, float]:
-    return {row["id"]: float(bool(row["correct"])) for row in rows}
+from semift_lightning.stats import correctness, paired, read_predictions, verdict
 
 
 def answer_pile_up(rows: list[dict]) -> str:
@@ -35,14 +25,6 @@ def answer_pile_up(rows: list[dict]) -> str:
             f"answering {answer!r} to every item would score {constant:.4f}")
 
 
-def interval(values: torch.Tensor, resamples: int, generator: torch.Generator) -> tuple[float, float, float]:
-    """Mean and 95% percentile-bootstrap interval of the mean of ``values``."""
-    picks = torch.randint(len(values), (resamples, len(values)), generator=generator)
-    means = values[picks].mean(1)
-    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=means.dtype)).tolist()
-    return values.mean().item(), low, high
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("baseline")
@@ -52,23 +34,18 @@ def main() -> None:
     args = parser.parse_args()
     baseline_rows = read_predictions(args.baseline)
     baseline = correctness(baseline_rows)
-    ids = sorted(baseline)
-    print(f"{len(ids)} paired items, {args.resamples} resamples, seed {args.seed}")
-    base = torch.tensor([baseline[i] for i in ids], dtype=torch.float64)
-    mean, low, high = interval(base, args.resamples, torch.Generator().manual_seed(args.seed))
+    print(f"{len(baseline)} paired items, {args.resamples} resamples, seed {args.seed}")
+    (mean, low, high), _ = paired(baseline, baseline, args.resamples, args.seed)
     print(f"{args.baseline}: accuracy {mean:.4f} [{low:.4f}, {high:.4f}] (baseline)")
     print(answer_pile_up(baseline_rows))
     for path in args.others:
         rows = read_predictions(path)
-        other = correctness(rows)
-        if sorted(other) != ids:
+        try:
+            (mean, low, high), (diff, dlow, dhigh) = paired(baseline, correctness(rows), args.resamples, args.seed)
+        except ValueError:
             raise SystemExit(f"{path}: holds other item ids than {args.baseline}")
-        values = torch.tensor([other[i] for i in ids], dtype=torch.float64)
-        mean, low, high = interval(values, args.resamples, torch.Generator().manual_seed(args.seed))
-        diff, dlow, dhigh = interval(values - base, args.resamples, torch.Generator().manual_seed(args.seed))
-        verdict = "no difference" if dlow <= 0 <= dhigh else ("better" if diff > 0 else "worse")
         print(f"{path}: accuracy {mean:.4f} [{low:.4f}, {high:.4f}]; paired difference {diff:+.4f} "
-              f"[{dlow:+.4f}, {dhigh:+.4f}]: {verdict}")
+              f"[{dlow:+.4f}, {dhigh:+.4f}]: {verdict(dlow, dhigh)}")
         print(answer_pile_up(rows))
 
 

@@ -49,7 +49,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from jsonargparse import ArgumentParser  # noqa: E402
 
-from compare import interval  # noqa: E402
+from semift_lightning.stats import interval  # noqa: E402
 from semift_lightning import SemiFTDataModule  # noqa: E402
 from semift_lightning.callbacks import EntropySelection, normalized_entropy  # noqa: E402
 

@@ -50,6 +50,10 @@ RECIPES = {  # method name -> recipe and extra fit arguments
     "lp_mean_restart_soft": ["-c", LP, "--data.soft_pseudo_labels", "true"],
     "lp_justified_restart": ["-c", LP, "--voting.init_args.combine", "vote", "--voting.init_args.self_justification",
                              "true"],
+    # per-view accuracies of one round: the student alone, with its 2 nearest labeled demonstrations, and label
+    # propagation (the round's semievol/view{1,2,3}_accuracy), combined by their mean distribution
+    "three_views": ["-c", LP, "--voting.init_args.views", '[{"adapter": "student", "k": 0}, '
+                    '{"adapter": "student", "k": 2}, {"kind": "label_propagation", "k": 5}]'],
 }
 CHOSEN = "semievol"
 

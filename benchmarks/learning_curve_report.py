@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from compare import correctness, interval, read_predictions
+from semift_lightning.stats import correctness, interval, read_predictions
 
 NAME = re.compile(r"fpb_(\d+)pct_seed(\d+)_(.+)\.test_predictions\.jsonl")
 BASELINES = ("sft", "sft_equal_steps")

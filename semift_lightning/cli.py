@@ -191,11 +191,16 @@ def run(args=None) -> SemiFTCLI:
 
 
 def main(args=None) -> None:
-    """``semift``: an error in what the user gave prints its message alone and exits with status 2 (set
-    ``SEMIFT_TRACEBACK=1`` to see the traceback); a fit stopped by SIGTERM exits with status 143, so that
-    ``semift fit ... && semift test ...`` does not test a half-trained model."""
+    """``semift`` (``semift demo ...`` runs ``semift_lightning.demo``): an error in what the user gave prints its
+    message alone and exits with status 2 (set ``SEMIFT_TRACEBACK=1`` to see the traceback); a fit stopped by SIGTERM
+    exits with status 143, so that ``semift fit ... && semift test ...`` does not test a half-trained model."""
+    args = sys.argv[1:] if args is None else list(args)
     try:
-        run(args)
+        if args[:1] == ["demo"]:
+            from semift_lightning.demo import main as demo
+            demo(args[1:])
+        else:
+            run(args)
     except SIGTERMException:  # Lightning's is a SystemExit with status 0
         sys.stderr.write("semift: stopped by SIGTERM before the end; the last checkpoint holds the state so far "
                          "(resume with --ckpt_path last)\n")

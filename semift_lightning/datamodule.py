@@ -95,12 +95,15 @@ def carve_validation(examples: Sequence[Example], fraction: float, seed: int,
 
 
 class Collator:
-    """Pads on the left (for batched inference; training does not mind) with a pad id that is not eos; a closed-form
-    task's batches carry the option letters' token ids (``option_token_ids``), so the module needs nothing else."""
+    """Pads on the left (for batched inference; training does not mind) with a pad id that is not eos. Batches carry
+    what the module needs besides the tokens, so it never reads the DataModule: the ``task`` preset's name, which
+    items' questions were cut (``truncated``), and for a closed-form task the option letters' token ids
+    (``option_token_ids``)."""
 
-    def __init__(self, pad_id: int, option_token_ids: Sequence[int] = ()) -> None:
+    def __init__(self, pad_id: int, option_token_ids: Sequence[int] = (), task: Optional[str] = None) -> None:
         self.pad_id = pad_id
         self.option_token_ids = torch.tensor(list(option_token_ids), dtype=torch.long)
+        self.task = task
 
     def __call__(self, items: list[dict]) -> dict[str, Any]:
         width = max(len(item["input_ids"]) for item in items)
@@ -109,7 +112,10 @@ class Collator:
         batch = {"input_ids": pad("input_ids", self.pad_id),
                  "attention_mask": torch.tensor([[0] * (width - len(item["input_ids"])) + [1] * len(item["input_ids"])
                                                  for item in items], dtype=torch.long),
-                 "examples": [item["example"] for item in items]}
+                 "examples": [item["example"] for item in items],
+                 "truncated": [item.get("truncated", False) for item in items]}
+        if self.task is not None:
+            batch["task"] = self.task
         if len(self.option_token_ids):
             batch["option_token_ids"] = self.option_token_ids
         if "labels" in items[0]:
@@ -134,7 +140,8 @@ class SemiFTDataModule(L.LightningDataModule):
         unlabeled: unlabeled data; a gold column there is only used for diagnostics.
         val: validation data (optional).
         test: test data.
-        source: one file to split into labeled / unlabeled / test by ``split_fractions`` instead.
+        source: one file to split into labeled / unlabeled / test by ``split_fractions`` instead (with ``test``
+            set, into labeled / unlabeled, the test fraction 0).
         split_fractions: labeled, unlabeled and test fractions of ``source``; they must sum to 1.
         columns: column mapping: the fields set here replace the task preset's, the others keep it.
         sizes: upper bounds on the items used per split.
@@ -235,12 +242,15 @@ class SemiFTDataModule(L.LightningDataModule):
             get_preset(task)
         except ValueError as err:
             problems.append(f"data.task: {err}")
-        if source and (labeled or test):
-            problems.append("data.source: give either one source file to split or labeled/test files, not both")
+        if source and labeled:
+            problems.append("data.source: give either one source file to split or a labeled file, not both")
         if source:
             problems += [f"data.split_fractions: {p}" for p in check_fractions(split_fractions)]
             if len(split_fractions) != 3:
                 problems.append(f"data.split_fractions: needs 3 fractions (labeled, unlabeled, test), got {len(split_fractions)}")
+            elif test and split_fractions[2] != 0:
+                problems.append(f"data.split_fractions: data.test names the test file, so the source's test fraction "
+                                f"must be 0, got {split_fractions[2]}")
         for name in ("batch_size", "eval_batch_size", "max_length"):
             if locals()[name] < 1:
                 problems.append(f"data.{name}: must be at least 1, got {locals()[name]}")
@@ -290,7 +300,7 @@ class SemiFTDataModule(L.LightningDataModule):
         if split == "val" and self.val_fraction:
             self.load_split("labeled")
             return self.examples["val"]
-        if self.source and split != "val":
+        if self.source and split in ("labeled", "unlabeled") or self.source and split == "test" and not self._path(split):
             rows = read_rows(self.source, self.cache_dir)
             parts = split_examples(to_examples(rows, self.task, self.columns, self.source), self.split_fractions, self.seed)
             examples = dict(zip(("labeled", "unlabeled", "test"), parts))[split]
@@ -378,7 +388,8 @@ class SemiFTDataModule(L.LightningDataModule):
             encoded = self.prompts.encode(example, (demonstrations or {}).get(example.id, ()), with_target,
                                           (candidates or {}).get(example.id, ()))
             cut += encoded.truncated
-            item = {"input_ids": encoded.prompt_ids + encoded.target_ids, "example": example}
+            item = {"input_ids": encoded.prompt_ids + encoded.target_ids, "example": example,
+                    "truncated": encoded.truncated}
             if with_target:
                 item["labels"] = [IGNORE_INDEX] * len(encoded.prompt_ids) + encoded.target_ids
                 item["weight"] = 1.0 if weights is None else float(weights[i])
@@ -485,7 +496,8 @@ class SemiFTDataModule(L.LightningDataModule):
 
     def _loader(self, items: list[dict], batch_size: int, sampler=None) -> DataLoader:
         return DataLoader(items, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=Collator(self.prompts.tokenizer.pad_token_id, self.prompts.option_token_ids))
+                          collate_fn=Collator(self.prompts.tokenizer.pad_token_id, self.prompts.option_token_ids,
+                                              self.task.name))
 
     def train_dataloader(self) -> DataLoader:
         items = self.train_items()
@@ -510,5 +522,3 @@ class SemiFTDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")
 
-    def categories(self, split: str) -> list[str]:
-        return sorted({example.category for example in self.load_split(split) if example.category})

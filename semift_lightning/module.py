@@ -24,6 +24,7 @@ from semift_lightning.io import (atomic_write_json, atomic_write_jsonl, check_wr
 from semift_lightning.model import (NO_QUANTIZATION, QUANTIZATIONS, SMOLLM2_135M_INSTRUCT, LoRAArgs, ModelSource,
                                     as_stored)
 from semift_lightning.parsing import LETTERS
+from semift_lightning.tasks import get_preset
 
 
 @dataclass
@@ -126,8 +127,8 @@ class SemiFTModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the adapter only
         self.accuracy = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
-        self.category_accuracy = nn.ModuleDict()
         self.eval_records: list[dict] = []
+        self.eval_task = ""  # the evaluated task's name, from its batches
         self.schedule_start = 0.0  # fit progress where the learning-rate schedule (re)started
 
     @staticmethod
@@ -362,7 +363,7 @@ class SemiFTModule(L.LightningModule):
 
     def predict_batch(self, batch: dict) -> list[dict]:
         """One record per item: prediction, correctness when the gold answer is known, option probabilities."""
-        task = self.trainer.datamodule.task
+        task = get_preset(batch["task"]).task
         records = []
         if task.closed_form:
             scores = self.option_log_probs(batch)
@@ -374,7 +375,8 @@ class SemiFTModule(L.LightningModule):
         else:
             for example, text in zip(batch["examples"], self.generate_with_nll(batch)[0]):
                 records.append({"id": example.id, "prediction": task.parse(text, example), "output": text})
-        for record, example in zip(records, batch["examples"]):
+        for record, example, truncated in zip(records, batch["examples"], batch["truncated"]):
+            record["truncated"] = bool(truncated)
             record["gold"] = example.answer
             record["correct"] = None if example.answer is None else task.is_correct(record["prediction"], example)
             record["category"] = example.category
@@ -392,37 +394,25 @@ class SemiFTModule(L.LightningModule):
     on_predict_start = on_test_start
 
     # ----- evaluation --------------------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule
-        split = {"validate": "val", "fit": "val", "test": "test"}.get(stage)
-        if split and hasattr(datamodule, "categories"):
-            for category in datamodule.categories(split):
-                key = self._category_key(split, category)
-                if key not in self.category_accuracy:
-                    self.category_accuracy[key] = MeanMetric()
-
-    @staticmethod
-    def _category_key(split: str, category: str) -> str:
-        return f"{split}|{category}".replace(".", "_")
-
     def _eval_step(self, batch: dict, split: str) -> None:
         records = self.predict_batch(batch)
-        task_name = self.trainer.datamodule.task.name
+        self.eval_task = batch["task"]
         size = len(records)
         correct = torch.tensor([float(r["correct"]) for r in records], device=self.device)
         self.accuracy[split].update(correct)
-        self.log(f"{split}/{task_name}/acc", self.accuracy[split], on_epoch=True, batch_size=size, prog_bar=True)
+        self.log(f"{split}/{self.eval_task}/acc", self.accuracy[split], on_epoch=True, batch_size=size, prog_bar=True)
         losses = [r["gold_nll"] for r in records if "gold_nll" in r]
         if losses:  # closed-form: -log p(gold letter), the training loss of the answer's first token
             self.loss[split].update(torch.tensor(losses, device=self.device))
-            self.log(f"{split}/{task_name}/loss", self.loss[split], on_epoch=True, batch_size=len(losses))
-        for record, value in zip(records, correct):
-            key = self._category_key(split, record["category"] or "")
-            if key in self.category_accuracy:
-                self.category_accuracy[key].update(value)
-                self.log(f"{split}/{task_name}/{record['category']}/acc", self.category_accuracy[key],
-                         on_epoch=True, batch_size=1)
+            self.log(f"{split}/{self.eval_task}/loss", self.loss[split], on_epoch=True, batch_size=len(losses))
         self.eval_records += records
+
+    def _log_category_accuracy(self, split: str) -> list[dict]:
+        """Every rank's records of the epoch (collective); their accuracy per category is logged."""
+        records = self._gathered(self.eval_records)
+        for category, scores in summarize(records, self.eval_task)["per_category"].items():
+            self.log(f"{split}/{self.eval_task}/{category}/acc", scores["accuracy"], rank_zero_only=True)
+        return records
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -440,21 +430,24 @@ class SemiFTModule(L.LightningModule):
 
     on_test_epoch_start = on_predict_epoch_start = on_validation_epoch_start
 
+    def on_validation_epoch_end(self) -> None:
+        if self.eval_records:
+            self._log_category_accuracy("val")
+
     def on_test_epoch_end(self) -> None:
-        self._write_records("test_predictions.jsonl", with_summary=True)
+        self._write_records("test_predictions.jsonl", self._log_category_accuracy("test"), with_summary=True)
 
     def on_predict_epoch_end(self) -> None:
-        self._write_records("predictions.jsonl")
+        self._write_records("predictions.jsonl", self._gathered(self.eval_records))
 
-    def _write_records(self, name: str, with_summary: bool = False) -> None:
-        """Rank zero writes every rank's records (and their summary) next to the logs; then all ranks meet."""
-        records = self._gathered(self.eval_records)
+    def _write_records(self, name: str, records: list[dict], with_summary: bool = False) -> None:
+        """Rank zero writes every rank's ``records`` (and their summary) next to the logs; then all ranks meet."""
         out = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # collective, as above
         if self.trainer.is_global_zero:
             atomic_write_jsonl(out / name, records)
             if with_summary:
-                summary = summarize(records, self.trainer.datamodule.task.name)
-                summary["truncated_prompts"] = self.trainer.datamodule.truncated.get("test", 0)
+                summary = summarize(records, self.eval_task)
+                summary["truncated_prompts"] = sum(r["truncated"] for r in records)
                 atomic_write_json(out / "test_summary.json", summary)
                 rank_zero_info(f"test accuracy {summary['accuracy']:.4f} on {summary['count']} items "
                                f"({summary['no_answer']} without an answer); predictions in {out}")

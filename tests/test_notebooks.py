@@ -30,12 +30,15 @@ def test_plug_in_notebook_runs_the_callbacks_in_a_foreign_module(tiny_model, fpb
     assert (tmp_path / "logs" / "pseudo_labels_round1.jsonl").exists()
 
 
-def test_quickstart_notebook_trains_reads_tensorboard_and_draws(tiny_model, fpb_like, tmp_path, monkeypatch):
+def test_quickstart_notebook_runs_vanilla_sft_and_semievol_and_draws(tiny_model, fpb_like, tmp_path, monkeypatch):
     data = {"task": "fpb", "root": str(fpb_like), "labeled": "fpb/labeled.csv", "unlabeled": "fpb/unlabeled.csv",
             "test": "fpb/test.csv", "max_length": 256}
     out = run_notebook("quickstart.ipynb", monkeypatch, MPLBACKEND="Agg", SEMIFT_NB_MODEL=tiny_model,
-                       SEMIFT_NB_DATA=json.dumps(data), SEMIFT_NB_OUT=str(tmp_path))
-    assert out["round_scalars"]["pool"] == 30 and 0 < out["round_scalars"]["selected"] <= 15
-    assert "pseudo_label_accuracy" in out["round_scalars"] and 0 <= out["test_accuracy"] <= 1
-    assert len(out["scalars"]["train/loss"]) >= 3
+                       SEMIFT_NB_DATA=json.dumps(data), SEMIFT_NB_OUT=str(tmp_path), SEMIFT_NB_SFT_EPOCHS="2")
+    assert list(out["accuracy"]) == ["vanilla", "SFT", "SemiEvol"]
+    assert all(0 <= low <= mean <= high <= 1 for mean, low, high in out["accuracy"].values())
+    assert len(out["records"]) == 30 and 0 < sum(r["selected"] for r in out["records"]) < 30
+    assert len(out["right"]) + len(out["wrong"]) == 30  # the pool's gold is known in the test data
+    assert (tmp_path / "sft_adapter" / "adapter_config.json").exists()
+    assert (tmp_path / "semievol" / "logs" / "pseudo_labels_round1.jsonl").exists()
     assert (tmp_path / "quickstart.png").stat().st_size > 10_000
