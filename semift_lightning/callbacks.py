@@ -25,6 +25,8 @@ from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, ran
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm.auto import tqdm
 
+from semift_lightning import contract
+from semift_lightning.contract import PseudoLabelStore
 from semift_lightning.errors import ArgumentError
 from semift_lightning.io import atomic_write_jsonl
 from semift_lightning.module import option_vote
@@ -35,7 +37,6 @@ STUDENT, BASE = "student", "base"
 PROMPT, LABEL_PROPAGATION = "prompt", "label_propagation"
 COMBINE_MODES = ("vote", "mean_probs", "mean_log_probs")
 VALIDATION = "validation"  # EntropySelection(keep_fraction=...): θ measured on the validation split
-DATAMODULE_NEEDS = ("task", "load_split", "pool_loader", "set_pseudo_labels", "pseudo_round", "unlabeled_gold")
 
 
 @dataclass
@@ -131,19 +132,21 @@ class SemiEvolStage(L.Callback):
             return
         datamodule = trainer.datamodule
         stages = [cb for cb in trainer.callbacks if isinstance(cb, SemiEvolStage)]
-        missing = [f"datamodule.{name}" for name in [*DATAMODULE_NEEDS, *self.datamodule_needs()]
-                   if not hasattr(datamodule, name)]
+        protocols = [PseudoLabelStore, *self.datamodule_needs()]
+        absent = [f"datamodule.{name}" for protocol in protocols for name in contract.missing(datamodule, protocol)]
         if type(datamodule).state_dict is L.LightningDataModule.state_dict:
-            missing.append("datamodule.state_dict / load_state_dict (the pseudo-labels must live in checkpoints, "
-                           "or a resumed run trains on none)")
+            absent.append("datamodule.state_dict / load_state_dict (the pseudo-labels must live in checkpoints, "
+                          "or a resumed run trains on none)")
         if hasattr(datamodule, "task"):
             needed = self.module_needs(datamodule.task)
             if not any(isinstance(stage, CollaborativeVoting) for stage in stages):  # the round's default voting
                 needed += CollaborativeVoting().module_needs(datamodule.task)
-            missing += [f"module.{name}" for name in needed if not hasattr(pl_module, name)]
-        if missing:
-            raise AttributeError(f"{type(self).__name__} needs {', '.join(missing)}; see the plug-in contract in "
-                                 f"the README")
+            protocols += needed
+            absent += [f"module.{name}" for protocol in needed for name in contract.missing(pl_module, protocol)]
+        if absent:
+            raise AttributeError(f"{type(self).__name__} needs {', '.join(dict.fromkeys(absent))}; see the plug-in "
+                                 f"contract in the README and semift_lightning.contract "
+                                 f"({', '.join(dict.fromkeys(p.__name__ for p in protocols))})")
         for other in stages:
             if other.schedule != self.schedule:
                 raise ValueError(f"{type(self).__name__} and {type(other).__name__} need the same schedule "
@@ -159,12 +162,12 @@ class SemiEvolStage(L.Callback):
     def check(self, trainer: L.Trainer, datamodule: Any, stages: list["SemiEvolStage"]) -> None:
         """Callback-specific checks that need the trainer, before training starts."""
 
-    def module_needs(self, task: Any) -> list[str]:
-        """What this callback calls on the LightningModule, for ``task``."""
+    def module_needs(self, task: Any) -> list[type]:
+        """The protocols (``semift_lightning.contract``) this callback calls on the LightningModule, for ``task``."""
         return []
 
-    def datamodule_needs(self) -> list[str]:
-        """What this callback calls on the DataModule beyond ``DATAMODULE_NEEDS``."""
+    def datamodule_needs(self) -> list[type]:
+        """The protocols this callback calls on the DataModule beyond ``PseudoLabelStore``."""
         return []
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -228,8 +231,8 @@ class InContextPropagation(SemiEvolStage):
     def argument_problems(cls, k: int = 3, **schedule: Any) -> list[str]:
         return super().argument_problems(**schedule) + ([f"k: must be at least 0, got {k}"] if k < 0 else [])
 
-    def module_needs(self, task: Any) -> list[str]:
-        return ["hidden_states"] if self.k else []
+    def module_needs(self, task: Any) -> list[type]:
+        return [contract.HiddenStates] if self.k else []
 
     def check(self, trainer, datamodule, stages) -> None:
         labeled = datamodule.load_split("labeled")
@@ -323,8 +326,8 @@ class CollaborativeVoting(SemiEvolStage):
                                 f"adapter folder (no adapter_config.json)")
         return problems
 
-    def module_needs(self, task: Any) -> list[str]:
-        return [_scoring_method(task)] + (["model"] if any(view.adapter != STUDENT for view in self.views) else [])
+    def module_needs(self, task: Any) -> list[type]:
+        return [_scorer(task)] + ([contract.PeftStudent] if any(view.adapter != STUDENT for view in self.views) else [])
 
     def check(self, trainer, datamodule, stages) -> None:
         closed_only = [f"views[{i}] (kind {LABEL_PROPAGATION})" for i, view in enumerate(self.views)
@@ -445,9 +448,9 @@ class EntropySelection(SemiEvolStage):
             problems.append("answer_mix: 'labeled' shares θ among answer options, so it needs per_answer=True")
         return problems
 
-    def module_needs(self, task: Any) -> list[str]:
-        return (["restart_adapter"] if self.restart_student else []) + \
-            ([_scoring_method(task)] if self.keep_fraction == VALIDATION else [])
+    def module_needs(self, task: Any) -> list[type]:
+        return ([contract.RestartableStudent] if self.restart_student else []) + \
+            ([_scorer(task)] if self.keep_fraction == VALIDATION else [])
 
     def check(self, trainer, datamodule, stages) -> None:
         if self.keep_fraction == VALIDATION and not datamodule.load_split("val"):
@@ -465,8 +468,8 @@ class EntropySelection(SemiEvolStage):
         right = sum(datamodule.task.is_correct(votes[e.id]["answer"], e) for e in val if votes[e.id]["answer"])
         return max(right, 1) / len(val)
 
-    def datamodule_needs(self) -> list[str]:
-        return ["labeled_answers"] if self.answer_mix == "labeled" else []
+    def datamodule_needs(self) -> list[type]:
+        return [contract.LabeledAnswers] if self.answer_mix == "labeled" else []
 
     def select(self, records: list[dict], labeled_answers: Sequence[str] = (), task: Any = None,
                keep_fraction: Optional[float] = None) -> Optional[float]:
@@ -557,9 +560,9 @@ def _as_views(views: Optional[list]) -> list[View]:
             for view in views]
 
 
-def _scoring_method(task) -> str:
-    """The module method a view answers with: option scoring (closed-form) or generation (free-form)."""
-    return "option_log_probs" if task.closed_form else "generate_with_nll"
+def _scorer(task) -> type:
+    """The protocol a view answers with: option scoring (closed-form) or generation (free-form)."""
+    return contract.OptionScorer if task.closed_form else contract.Generator
 
 
 def _mean_pooled(module, batch) -> list[torch.Tensor]:

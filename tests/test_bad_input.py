@@ -432,3 +432,14 @@ def test_a_checkpoint_keeps_local_model_and_adapter_paths_absolute(tiny_model, t
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same model typed relative again is not "another model"
         assert checkpoint_conflicts(checkpoint, Namespace(model="model", lora=module.hparams["lora"]), "x.ckpt") == []
+
+
+def test_files_written_atomically_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+    from semift_lightning.io import atomic_write_text
+    previous = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "test_predictions.jsonl", "{}\n")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by others, as an open() would make it; not mkstemp's 0600

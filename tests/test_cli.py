@@ -28,6 +28,17 @@ def test_shipped_yaml_parses(path, capsys, monkeypatch):
     assert "model:" in capsys.readouterr().out
 
 
+def test_print_config_shows_the_schedule_that_runs(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", "configs/fpb.yaml", "-c", "callbacks/semievol_light.yaml", "--semievol.warmup_epochs", "3",
+              "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert [printed[key]["init_args"]["warmup_epochs"] for key in ("propagation", "voting", "selection")] == [3, 3, 3]
+    assert printed["data"]["task"] == "fpb" and "config" not in printed
+
+
 def test_all_bad_arguments_reported_at_once_before_loading(monkeypatch):
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the arguments were checked")

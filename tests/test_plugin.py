@@ -78,3 +78,19 @@ def test_a_datamodule_whose_state_does_not_reach_checkpoints_is_refused(tiny_mod
     with pytest.raises(AttributeError, match=r"needs datamodule.labeled_answers, datamodule.state_dict / "
                                              r"load_state_dict \(the pseudo-labels must live in checkpoints"):
         trainer.fit(module, stateless)
+
+
+def test_our_module_and_datamodule_offer_every_protocol_of_the_contract(tiny_model, fpb_like):
+    from semift_lightning import SemiFTDataModule, SemiFTModule, contract
+
+    module = SemiFTModule(model=tiny_model, lora={"r": 8})
+    module.configure_model()
+    datamodule = SemiFTDataModule(task="fpb", root=str(fpb_like), labeled="fpb/labeled.csv")
+    for protocol in (contract.OptionScorer, contract.Generator, contract.HiddenStates, contract.PeftStudent,
+                     contract.RestartableStudent):
+        assert contract.members(protocol) and contract.missing(module, protocol) == []
+    for protocol in (contract.PseudoLabelStore, contract.LabeledAnswers):
+        assert contract.missing(datamodule, protocol) == []
+    assert contract.members(contract.PseudoLabelStore) == [
+        "task", "pseudo_round", "unlabeled_gold", "load_split", "pool_loader", "set_pseudo_labels", "state_dict",
+        "load_state_dict"]
