@@ -28,7 +28,6 @@ from lightning.pytorch.utilities import move_data_to_device
 from measure import ModelFlops, machine, mib, peak_memory_mib, run_sides
 from semift_lightning import SemiFTDataModule, SemiFTModule
 from semift_lightning.datamodule import SplitSizes
-from semift_lightning import callbacks as semievol
 from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation, View
 from semift_lightning.cli import default_precision
 from semift_lightning.model import SMOLLM2_135M_INSTRUCT
@@ -75,27 +74,22 @@ def run_side(args, side: str, scratch: str) -> dict:
                                   unlabeled="fpb/unlabeled.csv", sizes=SplitSizes(unlabeled=args.items), batch_size=8,
                                   eval_batch_size=16, seed=args.seed, question_last=args.question_last)
     views = [View(k=3), View(k=3, neighbour_offset=3), View(k=0), View(adapter="base", k=3)]
-    propagation = InContextPropagation(k=6)
-    stages = [propagation, CollaborativeVoting(views=views), EntropySelection(keep_fraction=0.5)] if side == "ours" else []
-    measured = {}
-    run_round = semievol.run_round
-
-    def timed_round(*round_args):
-        flops = ModelFlops(module.model.get_base_model())
-        start = time.perf_counter()
-        metrics = run_round(*round_args)
-        measured.update(seconds=time.perf_counter() - start, flops=flops.total)
-        return metrics
-    semievol.run_round = timed_round
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, precision=default_precision(), logger=False,
-                        default_root_dir=scratch, enable_checkpointing=False, enable_model_summary=False,
-                        enable_progress_bar=False, callbacks=stages)
+    schedule = {"warmup_epochs": 0}  # the round runs when the fit starts, and no step trains after it
+    propagation = InContextPropagation(k=6, **schedule)
+    stages = [propagation, CollaborativeVoting(views=views, **schedule),
+              EntropySelection(keep_fraction=0.5, **schedule)] if side == "ours" else []
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=0, limit_val_batches=0, precision=default_precision(),
+                        logger=False, default_root_dir=scratch, enable_checkpointing=False,
+                        enable_model_summary=False, enable_progress_bar=False, callbacks=stages)
     datamodule.connect(module.tokenizer, module.max_context_length)
+    module.configure_model()
+    flops = ModelFlops(module.model.get_base_model())
     trainer.fit(module, datamodule)
     gold = datamodule.unlabeled_gold
     if side == "ours":
         answers = {record["id"]: record["answer"] for record in datamodule.pseudo_labels}
-        return {**measured, "items": len(answers), "accuracy": accuracy(answers, gold)}
+        return {"seconds": propagation.history[-1]["seconds"], "flops": flops.total, "items": len(answers),
+                "accuracy": accuracy(answers, gold)}
     pool = datamodule.load_split("unlabeled")
     module.to(trainer.strategy.root_device).eval()  # the fit's teardown moved it to the CPU
     with torch.no_grad(), trainer.precision_plugin.forward_context():

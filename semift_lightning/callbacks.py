@@ -515,7 +515,9 @@ def selectable(record: dict) -> bool:
 def run_round(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, stages: list[SemiEvolStage],
               index: int, epoch: Optional[int] = None) -> dict:
     """Propagate, label and select on the unlabeled pool; hand the records to the DataModule; log the round.
-    ``epoch``: the epoch the round ends (default: the trainer's; -1: the fit's start, before the first epoch)."""
+    ``epoch``: the epoch the round ends (default: the trainer's; -1: the fit's start, before the first epoch). The
+    metrics hold the round's wall time (``seconds``), so a benchmark reads it from the history or TensorBoard."""
+    start = time.perf_counter()
     epoch = trainer.current_epoch if epoch is None else epoch
     find = lambda kind: next((s for s in stages if isinstance(s, kind)), None)  # noqa: E731
     icp, voting, selection = find(InContextPropagation), find(CollaborativeVoting), find(EntropySelection)
@@ -547,6 +549,7 @@ def run_round(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, st
     metrics = _round_metrics(records, datamodule.unlabeled_gold, datamodule.task, threshold, index)
     if keep_fraction is not None:
         metrics["keep_fraction"] = keep_fraction
+    metrics["seconds"] = time.perf_counter() - start
     _log_round(trainer, module, records, metrics, in_epoch=epoch >= 0)
     return metrics
 
