@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# BENCHMARKS.md's GPU section in one command: the training speed benchmark, the FPB SFT + SemiEvol-light pair
-# (semievol_vs_sft.sh: vanilla, SFT, SemiEvol, SFT for SemiEvol's step count) and the pseudo-labeling speed
-# benchmark with the SFT student's adapter, then a 2-view round under FSDP on all GPUs. Prints the card, each stage's output and when each stage started. The
+# BENCHMARKS.md's GPU section in one command: the training speed benchmark at batch 8 and 64, the FPB SFT +
+# SemiEvol-light pair (semievol_vs_sft.sh: vanilla, SFT, SemiEvol, SFT for SemiEvol's step count) and the
+# pseudo-labeling speed benchmark with the SFT student's adapter in batches of 16 and 256 (each prints MFU against
+# the GEMM peaks it measures), then a 2-view round under FSDP on all GPUs. Prints the card, each stage's output and when each stage started. The
 # speed benchmarks run alone; the pair runs its SFT side beside its SemiEvol side (BENCH_PARALLEL=1), which a GPU
 # that one 135M model leaves mostly idle allows.
 # Usage: benchmarks/gpu_run.sh DATA_ROOT [MODEL] [PSEUDO_LABEL_ITEMS]
@@ -17,12 +18,14 @@ model_arg=(); [ -z "$model" ] || model_arg=(--model "$model")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 start=$(date +%s)
 stage() { echo "== $1: $(( $(date +%s) - start )) s since the start"; }
-stage "training speed"
-python "$here/speed_training.py" --data-root "$root" "${model_arg[@]}"
+for batch in 8 64; do  # the shipped size, and one a GPU is not launch-bound at
+  stage "training speed, batch $batch"
+  python "$here/speed_training.py" --data-root "$root" --batch-size "$batch" "${model_arg[@]}"
+done
 stage "FPB pair"
 BENCH_MODEL="$model" BENCH_PARALLEL=1 "$here/semievol_vs_sft.sh" "$here/../configs/fpb.yaml" "$root" \
   "$here/../callbacks/semievol_light.yaml"
-stage "pseudo-labeling speed"
+stage "the SFT adapter for the pseudo-labeling benchmark"
 python - <<'PY'
 import torch
 from semift_lightning import SemiFTModule
@@ -32,7 +35,11 @@ module.configure_model()
 module.load_state_dict(checkpoint["state_dict"], strict=False)
 print("SFT adapter:", module.export_adapter("runs/fpb_sft_adapter"))
 PY
-python "$here/speed_pseudo_labeling.py" --data-root "$root" --adapter runs/fpb_sft_adapter --items "$items" "${model_arg[@]}"
+for batch in 16 256; do
+  stage "pseudo-labeling speed, batches of $batch"
+  python "$here/speed_pseudo_labeling.py" --data-root "$root" --adapter runs/fpb_sft_adapter --items "$items" \
+    --eval-batch-size "$batch" "${model_arg[@]}"
+done
 stage "FSDP: a 2-view SemiEvol-light round with the student sharded over every GPU (generation in step)"
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l || true)
 if [ "$gpus" -gt 0 ]; then  # Lightning refuses FSDP on a CPU

@@ -72,7 +72,7 @@ def run_side(args, side: str, scratch: str) -> dict:
     module = SemiFTModule(model=args.model, adapter=args.adapter, optimizer={"lr": 1e-12})  # the fit step is a no-op
     datamodule = SemiFTDataModule(task="fpb", root=args.data_root, labeled="fpb/labeled.csv",
                                   unlabeled="fpb/unlabeled.csv", sizes=SplitSizes(unlabeled=args.items), batch_size=8,
-                                  eval_batch_size=16, seed=args.seed, question_last=args.question_last)
+                                  eval_batch_size=args.eval_batch_size, seed=args.seed, question_last=args.question_last)
     views = [View(k=3), View(k=3, neighbour_offset=3), View(k=0), View(adapter="base", k=3)]
     schedule = {"warmup_epochs": 0}  # the round runs when the fit starts, and no step trains after it
     propagation = InContextPropagation(k=6, **schedule)
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--model", default=SMOLLM2_135M_INSTRUCT)
     parser.add_argument("--adapter", help="a saved adapter to pseudo-label with (default: a fresh, untrained one)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="reference generation length")
+    parser.add_argument("--eval-batch-size", type=int, default=16, help="items per scoring batch, both sides")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--question-last", action="store_true",
                         help="both approaches use prompts with the question after the options and instruction")
@@ -119,14 +120,14 @@ def main() -> None:
             result = run_side(args, args.only, scratch)
         print("RESULT " + json.dumps({**result, **peak_memory_mib()}), flush=True)
         return
-    print(f"machine: {machine()}; seed {args.seed}; {args.items} FPB unlabeled items, question "
-          f"{'last' if args.question_last else 'first'}")
+    print(f"machine: {machine()}; seed {args.seed}; {args.items} FPB unlabeled items, batches of "
+          f"{args.eval_batch_size}, question {'last' if args.question_last else 'first'}")
     results = run_sides(__file__, ("ours", "reference"))
     described = {"ours": "ICP k=6 + 4 option-scoring views + self-justification",
                  "reference": f"{N_SAMPLES} samples at T=1.0 with 3 demonstrations, "
                               f"{results['reference']['disputed']} reflections, max {args.max_new_tokens} new tokens"}
-    print("| approach | items | seconds | items/s | pseudo-label accuracy | achieved TFLOP/s | share of best GEMM "
-          "peak | peak RSS MiB | peak GPU MiB | what it runs |")
+    print("| approach | items | seconds | items/s | pseudo-label accuracy | achieved TFLOP/s | MFU (of the best GEMM "
+          "peak) | peak RSS MiB | peak GPU MiB | what it runs |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for side, r in results.items():
         print(f"| {side} | {r['items']} | {r['seconds']:.1f} | {r['items'] / r['seconds']:.3f} | {r['accuracy']:.3f} | "

@@ -150,8 +150,8 @@ def main() -> None:
     else:
         chosen = [side for side in ("ours", CHECKPOINTED, "plain") if args.gradient_checkpointing or side != CHECKPOINTED]
     results = run_sides(__file__, tuple(chosen))
-    print("| loop | steps | seconds | tokens/s | achieved TFLOP/s | share of best GEMM peak | peak RSS MiB | peak GPU MiB | "
-          "base weights MiB |")
+    print("| loop | steps | seconds | tokens/s | achieved TFLOP/s | MFU (of the best GEMM peak) | peak RSS MiB | "
+          "peak GPU MiB | base weights MiB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for side, r in results.items():
         weights = f"{r['weights_mib']:.2f}" if "weights_mib" in r else "-"

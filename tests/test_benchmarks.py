@@ -238,6 +238,9 @@ def test_gpu_run_runs_both_speed_benchmarks_and_the_fpb_pair_from_any_folder(tin
     for run in ("vanilla", "sft", "semievol", "sft_equal_steps"):
         assert re.search(rf"^fpb_{run}: test accuracy [01]\.\d{{4}} on 12 items$", out, re.M), run
     assert re.search(r"^\| reference \| 8 \|", out, re.M) and "== done: " in out
+    for size in ("batch size 8,", "batch size 64,", "batches of 16,", "batches of 256,"):  # each benchmark at both
+        assert size in out, size
+    assert out.count("MFU (of the best GEMM peak)") == 4
     adapter = json.loads((tmp_path / "runs" / "fpb_sft_adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 8  # the SFT run's adapter, exported for the pseudo-labeling benchmark
 
