@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 from unittest import mock
 
+from semift_lightning.errors import ArgumentError
 from semift_lightning.io import read_checkpoint
 from semift_lightning.stats import correctness, paired, read_predictions, verdict
 
@@ -62,7 +63,11 @@ def most_common_answer(rows: list[dict]) -> str:
 def _best_checkpoint(cli) -> tuple[str, int]:
     """The fit's best-on-validation checkpoint (ties: the earlier epoch), else its last, and its optimizer steps."""
     callback = cli.trainer.checkpoint_callback
-    path = callback.best_model_path or callback.last_model_path
+    path = callback and (callback.best_model_path or callback.last_model_path)
+    if not path:
+        raise ArgumentError("semift demo: the fit kept no checkpoint to test and hand on; the config needs a "
+                            "ModelCheckpoint in trainer.callbacks (monitoring validation accuracy, as "
+                            "configs/demo.yaml's does)")
     return path, int(read_checkpoint(path)["global_step"])
 
 

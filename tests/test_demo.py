@@ -3,6 +3,8 @@
 import csv
 from pathlib import Path
 
+import pytest
+
 from semift_lightning.cli import main
 from semift_lightning.testing import SENTIMENT, WORDS
 
@@ -45,7 +47,18 @@ def test_the_demo_runs_vanilla_sft_and_semievol_and_prints_one_table(tiny_model,
 
 
 def test_the_demo_refuses_a_bad_epoch_count(capsys):
-    import pytest
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--sft-epochs", "0"])
     assert exit_info.value.code == 2 and "--sft-epochs: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_demo_config_without_a_checkpoint_callback_is_one_clear_error(tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    train, test = write_reviews(tmp_path / "train.tsv", 30, 1), write_reviews(tmp_path / "test.tsv", 6, 2)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path / "demo"), "--sft-epochs", "1", "--", "--model.model", tiny_model,
+              "--data.source", str(train), "--data.test", str(test), "--data.split_fractions", "[0.4, 0.6, 0.0]",
+              "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false",
+              "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]"])
+    assert exit_info.value.code == 2
+    assert "semift: error: semift demo: the fit kept no checkpoint to test and hand on" in capsys.readouterr().err
