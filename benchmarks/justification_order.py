@@ -39,13 +39,13 @@ def listed(records: list[dict], order: str) -> dict[str, list[str]]:
 class Replay(L.Callback):
     """Before the first step: load the checkpoint's adapter and justify the round's disputes every way."""
 
-    def __init__(self, checkpoint: dict, records: list[dict]) -> None:
-        self.checkpoint, self.records, self.picks = checkpoint, records, {}
+    def __init__(self, checkpoint: dict, records: list[dict], datamodule) -> None:
+        self.checkpoint, self.records, self.datamodule, self.picks = checkpoint, records, datamodule, {}
 
     def on_train_start(self, trainer, module) -> None:
         module.on_load_checkpoint(self.checkpoint)
         module.load_state_dict(self.checkpoint["state_dict"], strict=False)
-        datamodule = trainer.datamodule
+        datamodule = self.datamodule
         disputed = [r for r in self.records if r["disputed"]]
         pool = [e for e in datamodule.load_split("unlabeled") if e.id in {r["id"] for r in disputed}]
         examples = {e.id: e for e in pool}
@@ -87,7 +87,7 @@ def main() -> None:
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     module = SemiFTModule(**{**checkpoint["hyper_parameters"], "optimizer": {"lr": 1e-12}})  # model and LoRA shape
     datamodule.connect(module.tokenizer, module.max_context_length)
-    replay = Replay(checkpoint, records)
+    replay = Replay(checkpoint, records, datamodule)
     trainer = L.Trainer(max_epochs=1, limit_train_batches=1, precision=default_precision(), logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
                         callbacks=[replay])
