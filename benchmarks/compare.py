@@ -11,15 +11,15 @@ about that much without knowing anything).
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 
-from semift_lightning.stats import correctness, paired, read_predictions, verdict
+from semift_lightning.stats import (accuracy_interval, correctness, most_common_prediction, paired,
+                                    read_predictions, verdict)
 
 
 def answer_pile_up(rows: list[dict]) -> str:
     """The run's most common prediction, its share, and what answering it to every item would score: a collapse
     onto one answer shows here."""
-    answer, count = Counter(row["prediction"] for row in rows).most_common(1)[0]
+    answer, count = most_common_prediction(rows)
     constant = sum(row["gold"] == answer for row in rows) / len(rows)
     return (f"  most common prediction {answer!r} on {count} of {len(rows)} items ({count / len(rows):.1%}); "
             f"answering {answer!r} to every item would score {constant:.4f}")
@@ -35,7 +35,7 @@ def main() -> None:
     baseline_rows = read_predictions(args.baseline)
     baseline = correctness(baseline_rows)
     print(f"{len(baseline)} paired items, {args.resamples} resamples, seed {args.seed}")
-    (mean, low, high), _ = paired(baseline, baseline, args.resamples, args.seed)
+    mean, low, high = accuracy_interval(baseline, args.resamples, args.seed)
     print(f"{args.baseline}: accuracy {mean:.4f} [{low:.4f}, {high:.4f}] (baseline)")
     print(answer_pile_up(baseline_rows))
     for path in args.others:

@@ -69,7 +69,7 @@ def run_side(args, side: str, scratch: str) -> dict:
     """One side in this process: the same seeded pool, weights and (for the reference) neighbours as the other.
     The round's JSONL goes to ``scratch``."""
     L.seed_everything(args.seed)
-    module = SemiFTModule(model=args.model, adapter=args.adapter, optimizer={"lr": 1e-12})  # the fit step is a no-op
+    module = SemiFTModule(model=args.model, adapter=args.adapter, optimizer={"lr": 1e-12})  # no step trains (limit_train_batches 0)
     datamodule = SemiFTDataModule(task="fpb", root=args.data_root, labeled="fpb/labeled.csv",
                                   unlabeled="fpb/unlabeled.csv", sizes=SplitSizes(unlabeled=args.items), batch_size=8,
                                   eval_batch_size=args.eval_batch_size, seed=args.seed, question_last=args.question_last)

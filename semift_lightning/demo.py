@@ -21,7 +21,6 @@ import argparse
 import math
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -29,16 +28,19 @@ from unittest import mock
 
 from semift_lightning.errors import ArgumentError
 from semift_lightning.io import read_checkpoint
-from semift_lightning.stats import correctness, paired, read_predictions, verdict
+from semift_lightning.stats import (accuracy_interval, correctness, most_common_prediction, paired, read_predictions,
+                                    verdict)
 
 STAGES = ("vanilla", "SFT", "SemiEvol")
 
 
 @dataclass
 class DemoResult:
-    """What the demo measured: per stage its test predictions file, and the round's records with their gold."""
+    """What the demo measured: per stage its test predictions and accuracy interval, and the round's records with
+    their gold."""
 
-    predictions: dict[str, Path] = field(default_factory=dict)
+    predictions: dict[str, list[dict]] = field(default_factory=dict)
+    accuracy: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
     round_records: list[dict] = field(default_factory=list)
@@ -56,7 +58,7 @@ def _semift(*args: str):
 
 def most_common_answer(rows: list[dict]) -> str:
     """The most common prediction and its share: a model that piled onto one answer shows here."""
-    answer, count = Counter(row["prediction"] for row in rows).most_common(1)[0]
+    answer, count = most_common_prediction(rows)
     return f"{answer} {100 * count / len(rows):.0f}%"
 
 
@@ -85,8 +87,12 @@ def run_demo(config: str, recipe: str, out: str | Path, extra: list[str], sft_ep
         result.seconds[stage] = result.seconds.get(stage, 0.0) + time.monotonic() - start
         return cli
 
-    timed("vanilla", "test", *common, *logs("vanilla"))
-    result.predictions["vanilla"] = out / "vanilla" / "logs" / "test_predictions.jsonl"
+    def tested(stage: str, folder: str, *ckpt: str) -> None:
+        timed(stage, "test", *common, *logs(folder), *ckpt)
+        result.predictions[stage] = read_predictions(out / folder / "logs" / "test_predictions.jsonl")
+        result.accuracy[stage] = accuracy_interval(correctness(result.predictions[stage]))
+
+    tested("vanilla", "vanilla")
     result.steps["vanilla"] = 0
 
     cli = timed("SFT", "fit", *common, *logs("sft"), "--trainer.max_epochs", str(sft_epochs))
@@ -94,16 +100,14 @@ def run_demo(config: str, recipe: str, out: str | Path, extra: list[str], sft_ep
     adapter = out / "sft_adapter"
     cli.model.load_checkpoint(best)
     cli.model.export_adapter(adapter)
-    timed("SFT", "test", *common, *logs("sft"), "--ckpt_path", best)
-    result.predictions["SFT"] = out / "sft" / "logs" / "test_predictions.jsonl"
+    tested("SFT", "sft", "--ckpt_path", best)
 
     cli = timed("SemiEvol", "fit", *common, "-c", recipe, *logs("semievol"), "--model.adapter", str(adapter),
                 "--semievol.warmup_epochs", "0", "--trainer.max_epochs", str(semievol_epochs))
     result.pool_gold = dict(cli.datamodule.unlabeled_gold)
     best, steps = _best_checkpoint(cli)
     result.steps["SemiEvol"] = result.steps["SFT"] + steps
-    timed("SemiEvol", "test", *common, *logs("semievol"), "--ckpt_path", best)
-    result.predictions["SemiEvol"] = out / "semievol" / "logs" / "test_predictions.jsonl"
+    tested("SemiEvol", "semievol", "--ckpt_path", best)
     rounds = sorted((out / "semievol" / "logs").glob("pseudo_labels_round*.jsonl"))
     result.round_records = read_predictions(rounds[-1]) if rounds else []
     return result
@@ -111,12 +115,12 @@ def run_demo(config: str, recipe: str, out: str | Path, extra: list[str], sft_ep
 
 def table(result: DemoResult) -> str:
     """The demo's summary: accuracies with intervals, paired differences, the round, times and where files are."""
-    rows = {stage: read_predictions(path) for stage, path in result.predictions.items()}
+    rows = result.predictions
     runs = {stage: correctness(stage_rows) for stage, stage_rows in rows.items()}
     lines = [f"{'stage':<10} {'steps':>5} {'test accuracy [95% CI]':<24} {'vs vanilla [95% CI]':<34} "
              f"{'vs SFT [95% CI]':<34} {'most common':<12} time", "-" * 133]
     for stage in STAGES:
-        (mean, low, high), _ = paired(runs[stage], runs[stage])
+        mean, low, high = result.accuracy[stage]
         cells = [f"{100 * mean:5.1f} [{100 * low:5.1f}, {100 * high:5.1f}]"]
         for baseline in ("vanilla", "SFT"):
             if STAGES.index(baseline) >= STAGES.index(stage):
@@ -156,8 +160,7 @@ def draw(result: DemoResult) -> Optional[Path]:
         return None
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for x, stage in enumerate(STAGES):
-        rows = correctness(read_predictions(result.predictions[stage]))
-        (mean, low, high), _ = paired(rows, rows)
+        mean, low, high = result.accuracy[stage]
         left.bar(x, 100 * mean, yerr=[[100 * (mean - low)], [100 * (high - mean)]], capsize=6)
         left.text(x, 100 * high + 1, f"{100 * mean:.1f}", ha="center")
     left.set_xticks(range(len(STAGES)), STAGES)

@@ -431,8 +431,7 @@ class SemiFTModule(L.LightningModule):
     on_test_epoch_start = on_predict_epoch_start = on_validation_epoch_start
 
     def on_validation_epoch_end(self) -> None:
-        if self.eval_records:
-            self._log_category_accuracy("val")
+        self._log_category_accuracy("val")  # on every rank: gathering the records is collective
 
     def on_test_epoch_end(self) -> None:
         self._write_records("test_predictions.jsonl", self._log_category_accuracy("test"), with_summary=True)

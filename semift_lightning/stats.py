@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -28,17 +29,31 @@ def interval(values: torch.Tensor, resamples: int = 10000, generator: torch.Gene
     return values.mean().item(), low, high
 
 
+def _in_id_order(scores: dict[str, float]) -> torch.Tensor:
+    return torch.tensor([scores[i] for i in sorted(scores)], dtype=torch.float64)
+
+
+def accuracy_interval(scores: dict[str, float], resamples: int = 10000, seed: int = 0) -> tuple[float, float, float]:
+    """Accuracy and its 95% bootstrap interval, from item id -> correctness (items in id order, so the same run
+    gives the same interval as in ``paired``)."""
+    return interval(_in_id_order(scores), resamples, torch.Generator().manual_seed(seed))
+
+
 def paired(baseline: dict[str, float], other: dict[str, float], resamples: int = 10000, seed: int = 0
            ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """(accuracy interval of ``other``, interval of its paired difference to ``baseline``); both map the same item
     ids to correctness."""
     if sorted(other) != sorted(baseline):
         raise ValueError("the two runs hold different test item ids; pair runs of the same test set")
-    ids = sorted(baseline)
-    base = torch.tensor([baseline[i] for i in ids], dtype=torch.float64)
-    values = torch.tensor([other[i] for i in ids], dtype=torch.float64)
-    return (interval(values, resamples, torch.Generator().manual_seed(seed)),
-            interval(values - base, resamples, torch.Generator().manual_seed(seed)))
+    values = _in_id_order(other)
+    return (accuracy_interval(other, resamples, seed),
+            interval(values - _in_id_order(baseline), resamples, torch.Generator().manual_seed(seed)))
+
+
+def most_common_prediction(rows: list[dict]) -> tuple[str, int]:
+    """The most common prediction of a run's rows and how many rows give it: a run that piled onto one answer
+    shows here."""
+    return Counter(row["prediction"] for row in rows).most_common(1)[0]
 
 
 def verdict(low: float, high: float) -> str:
