@@ -34,7 +34,6 @@ splits from a run's saved config (e.g. configs/mmlu.yaml's seeded split of one s
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from collections import Counter
 from contextlib import contextmanager
@@ -52,6 +51,7 @@ from jsonargparse import ArgumentParser  # noqa: E402
 from semift_lightning.stats import interval  # noqa: E402
 from semift_lightning import SemiFTDataModule  # noqa: E402
 from semift_lightning.callbacks import EntropySelection, normalized_entropy  # noqa: E402
+from semift_lightning.pseudo_labels import PseudoLabel  # noqa: E402
 
 THETAS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 
@@ -137,9 +137,9 @@ def kept_accuracy_vs_theta(rounds: dict[str, list[dict]], gold: dict, labeled: l
             for (mode, arguments), linestyle in zip(SELECTION_MODES.items(), ("--", "-", ":")):
                 accuracies = []
                 for theta in THETAS:
-                    trial = copy.deepcopy(records)
+                    trial = [PseudoLabel.from_dict(record, name) for record in records]
                     EntropySelection(keep_fraction=theta, **arguments).select(trial, labeled)
-                    kept = [r for r in trial if r["selected"]]
+                    kept = [r.as_dict() for r in trial if r.selected]
                     accuracies.append(accuracy(kept, gold))
                     if theta == 0.5:
                         mix = dict(sorted(Counter(r["answer"] for r in kept).items()))

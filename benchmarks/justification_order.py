@@ -16,55 +16,49 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from dataclasses import replace
 
-import lightning as L
 import torch
 
 from figures import accuracy, add_data_arguments, benchmark_data, read_jsonl, unlabeled_gold
 from measure import machine
 from semift_lightning import SemiFTModule
-from semift_lightning.callbacks import CollaborativeVoting, EntropySelection
+from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, RoundContext
 from semift_lightning.cli import default_precision
 from semift_lightning.parsing import LETTERS
+from semift_lightning.pseudo_labels import PseudoLabel, Vote
 
 
-def listed(records: list[dict], order: str) -> dict[str, list[str]]:
+def listed(records: list[PseudoLabel], order: str) -> dict[str, list[str]]:
     """Each record's distinct view answers (letters) in view order, option order or reverse option order."""
-    letters = {r["id"]: list(dict.fromkeys(a for a in r["view_answers"] if a is not None)) for r in records}
+    letters = {r.id: list(dict.fromkeys(a for a in r.view_answers if a is not None)) for r in records}
     if order == "view":
         return letters
     return {key: sorted(found, key=LETTERS.index, reverse=order == "reverse") for key, found in letters.items()}
 
 
-class Replay(L.Callback):
-    """Before the first step: load the checkpoint's adapter and justify the round's disputes every way."""
-
-    def __init__(self, checkpoint: dict, records: list[dict], datamodule) -> None:
-        self.checkpoint, self.records, self.datamodule, self.picks = checkpoint, records, datamodule, {}
-
-    def on_train_start(self, trainer, module) -> None:
-        module.on_load_checkpoint(self.checkpoint)
-        module.load_state_dict(self.checkpoint["state_dict"], strict=False)
-        datamodule = self.datamodule
-        disputed = [r for r in self.records if r["disputed"]]
-        pool = [e for e in datamodule.load_split("unlabeled") if e.id in {r["id"] for r in disputed}]
-        examples = {e.id: e for e in pool}
-        ways = {"view order": ("view", False), "option order": ("option", False),
-                "reverse option order": ("reverse", False), "averaged over rotations": ("option", True)}
-        module.eval()
-        with torch.no_grad(), trainer.precision_plugin.forward_context():
-            for name, (order, average) in ways.items():
-                candidates = {key: [datamodule.task.proposed_answer(examples[key], letter) for letter in letters]
-                              for key, letters in listed(disputed, order).items()}
-                voting = CollaborativeVoting(average_candidate_orders=average)
-                self.picks[name] = voting.justify(trainer, module, datamodule, pool, candidates)
-        trainer.should_stop = True
+def justified_every_way(module, datamodule, disputed: list[PseudoLabel]) -> dict[str, dict[str, Vote]]:
+    """The student's picks on the disputes, for each way of listing their candidates (no Trainer: one process)."""
+    pool = [e for e in datamodule.load_split("unlabeled") if e.id in {r.id for r in disputed}]
+    examples = {e.id: e for e in pool}
+    ways = {"view order": ("view", False), "option order": ("option", False),
+            "reverse option order": ("reverse", False), "averaged over rotations": ("option", True)}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    context = RoundContext(device, precision=default_precision())
+    picks = {}
+    with context.inference(module.to(device)):
+        for name, (order, average) in ways.items():
+            candidates = {key: [datamodule.task.proposed_answer(examples[key], letter) for letter in letters]
+                          for key, letters in listed(disputed, order).items()}
+            voting = CollaborativeVoting(average_candidate_orders=average)
+            picks[name] = voting.justify(context, module, datamodule, pool, candidates)
+    return picks
 
 
-def replayed(records: list[dict], picks: dict[str, dict]) -> list[dict]:
+def replayed(records: list[PseudoLabel], picks: dict[str, Vote]) -> list[PseudoLabel]:
     """Copies of the round's records, the disputes' answers and uncertainties taken from ``picks``."""
-    picked = {key: {"answer": pick["answer"], "uncertainty": pick["uncertainty"]} for key, pick in picks.items()}
-    return [{**record, **picked.get(record["id"], {})} for record in records]
+    return [replace(record, answer=picks[record.id].answer, uncertainty=picks[record.id].uncertainty)
+            if record.id in picks else replace(record) for record in records]
 
 
 def main() -> None:
@@ -78,38 +72,38 @@ def main() -> None:
                         help="the replayed per-answer selection's answer mix")
     parser.add_argument("round", metavar="PSEUDO_LABELS_ROUND_JSONL")
     args = parser.parse_args()
-    records = read_jsonl(args.round)
-    if not any(r["disputed"] for r in records):
+    records = [PseudoLabel.from_dict(record, f"{args.round}: line {number}")
+               for number, record in enumerate(read_jsonl(args.round), start=1)]
+    if not any(r.disputed for r in records):
         raise SystemExit(f"{args.round}: no disputed items, nothing to justify")
     datamodule = benchmark_data(args.data_root, args.task, args.config)
     datamodule.eval_batch_size = args.eval_batch_size
     gold, labeled = unlabeled_gold(datamodule), datamodule.labeled_answers()
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    module = SemiFTModule(**{**checkpoint["hyper_parameters"], "optimizer": {"lr": 1e-12}})  # model and LoRA shape
+    module = SemiFTModule(**checkpoint["hyper_parameters"])  # the model and LoRA shape it was trained with
     datamodule.connect(module.tokenizer, module.max_context_length)
-    replay = Replay(checkpoint, records, datamodule)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, precision=default_precision(), logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-                        callbacks=[replay])
-    trainer.fit(module, datamodule)
+    module.configure_model()
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"], strict=False)
+    disputed = [r for r in records if r.disputed]
+    every_way = justified_every_way(module, datamodule, disputed)
 
-    disputed = [r for r in records if r["disputed"]]
-    recorded = {r["id"]: r["answer"] for r in disputed}
+    recorded = {r.id: r.answer for r in disputed}
     selection = EntropySelection(keep_fraction=args.keep_fraction, per_answer=True, answer_mix=args.answer_mix)
     print(f"machine: {machine()}; {args.round}: {len(records)} items, "
           f"{len(disputed)} disputed; selection θ={args.keep_fraction} per answer, answer mix {args.answer_mix}")
     print("| candidates listed | right on disputes | same pick as the round | picks | pool accuracy | selected "
           "(accuracy) |")
     print("|---|---|---|---|---|---|")
-    for name, picks in replay.picks.items():
-        answers = [{"id": key, "answer": vote["answer"]} for key, vote in picks.items()]
-        same = sum(vote["answer"] == recorded[key] for key, vote in picks.items()) / len(picks)
+    for name, picks in every_way.items():
+        answers = [{"id": key, "answer": vote.answer} for key, vote in picks.items()]
+        same = sum(vote.answer == recorded[key] for key, vote in picks.items()) / len(picks)
         pool = replayed(records, picks)
         selection.select(pool, labeled)
-        kept = [r for r in pool if r["selected"]]
+        kept = [r.as_dict() for r in pool if r.selected]
         mix = dict(sorted(Counter(str(a["answer"]) for a in answers).items()))
-        print(f"| {name} | {accuracy(answers, gold):.1%} | {same:.1%} | {mix} | {accuracy(pool, gold):.1%} | "
-              f"{len(kept)} ({accuracy(kept, gold):.1%}) |")
+        print(f"| {name} | {accuracy(answers, gold):.1%} | {same:.1%} | {mix} | "
+              f"{accuracy([r.as_dict() for r in pool], gold):.1%} | {len(kept)} ({accuracy(kept, gold):.1%}) |")
 
 
 if __name__ == "__main__":

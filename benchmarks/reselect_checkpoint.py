@@ -21,6 +21,7 @@ import torch
 from figures import add_data_arguments, benchmark_data
 from semift_lightning.callbacks import EntropySelection
 from semift_lightning.io import atomic_write
+from semift_lightning.pseudo_labels import PseudoLabel
 
 
 def main() -> None:
@@ -33,16 +34,18 @@ def main() -> None:
     args = parser.parse_args()
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     state = checkpoint.get("SemiFTDataModule", {})
-    records = state.get("pseudo_labels")
-    if not records:
+    if not state.get("pseudo_labels"):
         raise SystemExit(f"{args.checkpoint}: holds no pseudo-labels; pass the checkpoint of a round's epoch")
-    before = sum(r["selected"] for r in records)
+    records = [PseudoLabel.from_dict(record, f"{args.checkpoint}: pseudo-label {number}")
+               for number, record in enumerate(state["pseudo_labels"], start=1)]
+    before = sum(r.selected for r in records)
     selection = EntropySelection(keep_fraction=args.keep_fraction, per_answer=True, answer_mix=args.answer_mix)
     selection.select(records, benchmark_data(args.data_root, args.task, args.config).labeled_answers())
+    state["pseudo_labels"] = [record.as_dict() for record in records]
     atomic_write(args.out, lambda handle: torch.save(checkpoint, handle), binary=True)
     print(f"{args.checkpoint}: round {state['pseudo_round']}, {len(records)} items, {before} selected; "
           f"{args.out}: θ={args.keep_fraction} per answer, answer mix {args.answer_mix}: "
-          f"{sum(r['selected'] for r in records)} selected")
+          f"{sum(r.selected for r in records)} selected")
 
 
 if __name__ == "__main__":

@@ -52,8 +52,11 @@ done
 python - "$(ckpt semievol)" <<'PY'
 import sys, torch
 checkpoint = torch.load(sys.argv[1], weights_only=True)
-history = next((state["history"] for state in checkpoint["callbacks"].values() if state.get("history")), [])
-for metrics in history:  # every SemiEvol callback keeps the same history: print one
+rounds = {}
+for state in checkpoint["callbacks"].values():  # each SemiEvol callback keeps its own stage's metrics
+    for metrics in state.get("history", []):
+        rounds.setdefault(metrics["round"], {}).update(metrics)
+for metrics in rounds.values():
     print("round:", {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
 PY
 echo "SemiEvol optimizer steps: $steps"

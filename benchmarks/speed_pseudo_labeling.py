@@ -2,7 +2,7 @@
 
     python benchmarks/speed_pseudo_labeling.py --data-root ../shared/data/semievol [--items 96] [--adapter DIR] [--question-last]
 
-Ours: one SemiEvol round as ``semift fit`` runs it (in-context propagation with k=6, the four views of
+Ours: one SemiEvol round as ``semift fit`` runs it, through ``run_round`` (in-context propagation with k=6, the four views of
 ``callbacks/semievol.yaml``, each one forward pass scoring all options, self-justification of disputes).
 Reference (what SemiEvol's published code does): for every item n=4 sampled generations at temperature 1.0 from the
 student with its 3 nearest labeled demonstrations (the neighbours are given to it for free), the answer parsed from
@@ -28,14 +28,15 @@ from lightning.pytorch.utilities import move_data_to_device
 from measure import ModelFlops, machine, mib, peak_memory_mib, run_sides
 from semift_lightning import SemiFTDataModule, SemiFTModule
 from semift_lightning.datamodule import SplitSizes
-from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation, View
+from semift_lightning.callbacks import (CollaborativeVoting, EntropySelection, InContextPropagation, RoundContext, View,
+                                        run_round)
 from semift_lightning.cli import default_precision
 from semift_lightning.model import SMOLLM2_135M_INSTRUCT
 
 N_SAMPLES = 4
 
 
-def reference_round(trainer, module, datamodule, pool, neighbours, max_new_tokens: int, seed: int) -> dict:
+def reference_round(module, datamodule, pool, neighbours, max_new_tokens: int, seed: int) -> dict:
     """n sampled generations per item, majority, reflection on disagreements; returns id -> answer."""
     task = datamodule.task
     demos = {key: value[:3] for key, value in neighbours.items()}
@@ -67,36 +68,35 @@ def accuracy(answers: dict, gold: dict) -> float:
 
 def run_side(args, side: str, scratch: str) -> dict:
     """One side in this process: the same seeded pool, weights and (for the reference) neighbours as the other.
-    The round's JSONL goes to ``scratch``."""
+    Ours runs one round with ``run_round`` (no Trainer, no training step), its JSONL into ``scratch``."""
     L.seed_everything(args.seed)
-    module = SemiFTModule(model=args.model, adapter=args.adapter, optimizer={"lr": 1e-12})  # no step trains (limit_train_batches 0)
+    module = SemiFTModule(model=args.model, adapter=args.adapter)
     datamodule = SemiFTDataModule(task="fpb", root=args.data_root, labeled="fpb/labeled.csv",
                                   unlabeled="fpb/unlabeled.csv", sizes=SplitSizes(unlabeled=args.items), batch_size=8,
                                   eval_batch_size=args.eval_batch_size, seed=args.seed, question_last=args.question_last)
-    views = [View(k=3), View(k=3, neighbour_offset=3), View(k=0), View(adapter="base", k=3)]
-    schedule = {"warmup_epochs": 0}  # the round runs when the fit starts, and no step trains after it
-    propagation = InContextPropagation(k=6, **schedule)
-    stages = [propagation, CollaborativeVoting(views=views, **schedule),
-              EntropySelection(keep_fraction=0.5, **schedule)] if side == "ours" else []
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=0, limit_val_batches=0, precision=default_precision(),
-                        logger=False, default_root_dir=scratch, enable_checkpointing=False,
-                        enable_model_summary=False, enable_progress_bar=False, callbacks=stages)
     datamodule.connect(module.tokenizer, module.max_context_length)
+    datamodule.setup("fit")
     module.configure_model()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module.to(device)
+    context = RoundContext(device, scratch, precision=default_precision())
+    propagation = InContextPropagation(k=6)
     flops = ModelFlops(module.model.get_base_model())
-    trainer.fit(module, datamodule)
     gold = datamodule.unlabeled_gold
     if side == "ours":
-        answers = {record["id"]: record["answer"] for record in datamodule.pseudo_labels}
-        return {"seconds": propagation.history[-1]["seconds"], "flops": flops.total, "items": len(answers),
-                "accuracy": accuracy(answers, gold)}
+        views = [View(k=3), View(k=3, neighbour_offset=3), View(k=0), View(adapter="base", k=3)]
+        stages = [propagation, CollaborativeVoting(views=views), EntropySelection(keep_fraction=0.5)]
+        metrics = run_round(module, datamodule, stages, context=context)
+        answers = {record.id: record.answer for record in datamodule.pseudo_labels}
+        seconds = sum(value for key, value in metrics.items() if key.endswith("_seconds"))
+        return {"seconds": seconds, "flops": flops.total, "items": len(answers), "accuracy": accuracy(answers, gold)}
     pool = datamodule.load_split("unlabeled")
-    module.to(trainer.strategy.root_device).eval()  # the fit's teardown moved it to the CPU
-    with torch.no_grad(), trainer.precision_plugin.forward_context():
-        neighbours = propagation.neighbours(trainer, module, datamodule, pool)  # given to the reference for free
+    with context.inference(module):
+        similar = propagation.similar(context, module, datamodule, pool)  # given to the reference for free
+        neighbours = {key: [example for example, _ in row] for key, row in similar.items()}
         flops = ModelFlops(module.model.get_base_model())
         start = time.perf_counter()
-        reference = reference_round(trainer, module, datamodule, pool, neighbours, args.max_new_tokens, args.seed)
+        reference = reference_round(module, datamodule, pool, neighbours, args.max_new_tokens, args.seed)
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "flops": flops.total, "items": len(pool), "disputed": reference["disputed"],
             "accuracy": accuracy(reference["answers"], gold)}

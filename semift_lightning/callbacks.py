@@ -2,11 +2,13 @@
 self-justification, and entropy selection of pseudo-labels.
 
 A round runs at the end of a training epoch: after ``warmup_epochs`` of labeled-only training, then every
-``refresh_every_n_epochs``, for ``rounds`` rounds. With ``warmup_epochs=0`` the first round runs when the fit starts,
-before any training, with the adapter the student starts from (a supervised one given as ``--model.adapter``). The first SemiEvol callback in ``trainer.callbacks`` drives the
-round and asks the others for their stage: propagate (neighbours), label (views and self-justification), select
-(uncertainty quantile). The pseudo-labels live in the DataModule (its ``state_dict`` carries them through
-checkpoints); the callbacks keep only bookkeeping.
+``refresh_every_n_epochs``, for ``rounds`` rounds (one ``Schedule``, shared by the callbacks of a fit). With
+``warmup_epochs=0`` the first round runs when the fit starts, before any training, with the adapter the student starts
+from (a supervised one given as ``--model.adapter``). Each callback does its own stage at that boundary, in
+``trainer.callbacks`` order, and they talk only through the store (the DataModule's pseudo-labels, typed
+``PseudoLabel`` records): propagation writes each item's neighbours, voting its answer from the views, selection the
+``selected`` flags. Any subset works: voting alone keeps every answered item, selection alone selects over the
+student's own answers. ``run_round`` runs the configured stages on a module and a DataModule without a Trainer.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import lightning as L
 import torch
@@ -31,6 +34,7 @@ from semift_lightning.errors import ArgumentError
 from semift_lightning.io import atomic_write_jsonl
 from semift_lightning.module import option_vote
 from semift_lightning.parsing import LETTERS
+from semift_lightning.pseudo_labels import PseudoLabel, Vote
 from semift_lightning.records import Example
 
 STUDENT, BASE = "student", "base"
@@ -78,8 +82,9 @@ def quantile_threshold(values: Sequence[float], keep_fraction: float) -> float:
     return ordered[max(1, math.ceil(keep_fraction * len(ordered))) - 1]
 
 
-class SemiEvolStage(L.Callback):
-    """Shared schedule and checks of the SemiEvol callbacks.
+@dataclass(frozen=True)
+class Schedule:
+    """When the pseudo-labeling rounds run: one schedule for every SemiEvol callback of a fit.
 
     Args:
         warmup_epochs: labeled-only epochs before the first round; 0: the first round runs when the fit starts,
@@ -88,36 +93,21 @@ class SemiEvolStage(L.Callback):
         rounds: how many pseudo-labeling rounds to run.
     """
 
-    def __init__(self, warmup_epochs: int = 1, refresh_every_n_epochs: int = 1, rounds: int = 1,
-                 **arguments: Any) -> None:
-        problems = type(self).argument_problems(warmup_epochs=warmup_epochs,
-                                                refresh_every_n_epochs=refresh_every_n_epochs, rounds=rounds,
-                                                **arguments)
-        if problems:
-            raise ArgumentError(f"invalid {type(self).__name__} arguments:\n- " + "\n- ".join(problems))
-        self.warmup_epochs = warmup_epochs
-        self.refresh_every_n_epochs = refresh_every_n_epochs
-        self.rounds = rounds
-        self.history: list[dict] = []
-        self._driver = False
+    warmup_epochs: int = 1
+    refresh_every_n_epochs: int = 1
+    rounds: int = 1
 
-    @classmethod
-    def argument_problems(cls, warmup_epochs: int = 1, refresh_every_n_epochs: int = 1, rounds: int = 1,
-                          **_: Any) -> list[str]:
-        """Every problem with the arguments, each naming its argument; empty when all are fine."""
+    def problems(self) -> list[str]:
+        """Every problem with the schedule, each naming its field; empty when all are fine."""
         problems = []
-        if warmup_epochs < 0:
+        if self.warmup_epochs < 0:
             problems.append(f"warmup_epochs: must be at least 0 (0: the first round runs when the fit starts), "
-                            f"got {warmup_epochs}")
-        if refresh_every_n_epochs < 1:
-            problems.append(f"refresh_every_n_epochs: must be at least 1, got {refresh_every_n_epochs}")
-        if rounds < 1:
-            problems.append(f"rounds: must be at least 1, got {rounds}")
+                            f"got {self.warmup_epochs}")
+        if self.refresh_every_n_epochs < 1:
+            problems.append(f"refresh_every_n_epochs: must be at least 1, got {self.refresh_every_n_epochs}")
+        if self.rounds < 1:
+            problems.append(f"rounds: must be at least 1, got {self.rounds}")
         return problems
-
-    @property
-    def schedule(self) -> tuple[int, int, int]:
-        return self.warmup_epochs, self.refresh_every_n_epochs, self.rounds
 
     def round_due(self, epoch: int) -> Optional[int]:
         """The 1-based round that ends epoch ``epoch`` (0-based; -1: the fit's start), or None."""
@@ -126,6 +116,118 @@ class SemiEvolStage(L.Callback):
             return None
         index = since // self.refresh_every_n_epochs + 1
         return index if index <= self.rounds else None
+
+
+def as_schedule(value: Any) -> Schedule:
+    """A Schedule from a Schedule, a mapping or a parsed-config namespace; the default one when None."""
+    if value is None or isinstance(value, Schedule):
+        return value or Schedule()
+    return Schedule(**(value if isinstance(value, dict) else vars(value)))
+
+
+class RoundContext:
+    """Where a round's stages run: this process's rank among ``world_size``, the device, the precision context, and
+    where the records and metrics go. ``RoundContext.of(trainer)`` inside a fit (all ranks take part; metrics go to
+    the trainer's loggers, records to its log folder); ``RoundContext(device, out_dir, precision)`` runs on one
+    process without a Trainer (records to ``out_dir`` when given; ``precision`` as the Trainer's: "bf16-mixed" and
+    "16-mixed" autocast, anything else runs in the weights' precision)."""
+
+    def __init__(self, device: Optional[torch.device] = None, out_dir: Optional[str] = None,
+                 trainer: Optional[L.Trainer] = None, precision: Optional[str] = None) -> None:
+        self.device, self.trainer, self.precision = device, trainer, precision
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.rank = trainer.global_rank if trainer else 0
+        self.world_size = trainer.world_size if trainer else 1
+
+    @classmethod
+    def of(cls, trainer: L.Trainer) -> "RoundContext":
+        return cls(trainer.strategy.root_device, trainer.log_dir or trainer.default_root_dir, trainer)  # collective
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def stop_requested(self) -> bool:
+        """Whether any rank has received SIGTERM (the same answer on every rank, as Lightning's loops ask)."""
+        trainer = self.trainer
+        return bool(trainer and trainer.strategy.reduce_boolean_decision(trainer.received_sigterm, all=False))
+
+    def gather(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Every rank's results, merged."""
+        if self.world_size == 1:
+            return results
+        parts = [None] * self.world_size
+        torch.distributed.all_gather_object(parts, results)
+        return {key: value for part in parts for key, value in part.items()}
+
+    @contextmanager
+    def inference(self, module: L.LightningModule) -> Iterator[None]:
+        """Eval mode, no gradients, the trainer's precision; the module's mode comes back afterwards."""
+        was_training = module.training
+        module.eval()
+        if self.trainer:
+            precision = self.trainer.precision_plugin.forward_context()
+        elif self.precision in ("bf16-mixed", "16-mixed"):
+            dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.float16
+            precision = torch.autocast(torch.device(self.device or module.device).type, dtype=dtype)
+        else:
+            precision = nullcontext()
+        try:
+            with torch.no_grad(), precision:
+                yield
+        finally:
+            module.train(was_training)
+
+    def publish(self, module: L.LightningModule, records: Sequence[PseudoLabel], metrics: dict, epoch: int) -> None:
+        """Log a stage's metrics (``semievol/*``) and write the round's records as they stand (rank zero, then a
+        barrier)."""
+        scalars = {f"semievol/{key}": float(value) for key, value in metrics.items() if key != "round"}
+        trainer = self.trainer
+        if trainer and epoch >= 0:
+            for key, value in scalars.items():
+                module.log(key, value, on_epoch=True, sync_dist=False, rank_zero_only=True)
+        elif trainer and trainer.is_global_zero:  # Lightning's self.log is not available before the fit loop
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
+        if self.is_main:
+            if self.out_dir is not None:
+                atomic_write_jsonl(self.out_dir / f"pseudo_labels_round{metrics['round']}.jsonl",
+                                   [record.as_dict() for record in records])
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+            rank_zero_info(f"pseudo-labeling round {metrics['round']}: {shown}")
+        if trainer:
+            trainer.strategy.barrier()
+
+    def histogram(self, name: str, values: Sequence[float]) -> None:
+        experiment = getattr(self.trainer.logger, "experiment", None) if self.trainer and self.is_main else None
+        if values and hasattr(experiment, "add_histogram"):
+            experiment.add_histogram(name, torch.tensor(values), self.trainer.global_step)
+
+
+class SemiEvolStage(L.Callback):
+    """One stage of the SemiEvol round, done at the epoch boundaries ``schedule`` names: reads the store's records
+    of the round, does its part, and writes them back (``run``). The callbacks of a fit share one schedule and run
+    in ``trainer.callbacks`` order (propagation, voting, selection).
+
+    Args:
+        schedule: when the rounds run (one for every SemiEvol callback of a fit; ``semievol.*`` on the command line).
+    """
+
+    stage = ""  # the stage's name in metrics (``semievol/<stage>_seconds``)
+
+    def __init__(self, schedule: Optional[Schedule] = None, **arguments: Any) -> None:
+        schedule = as_schedule(schedule)
+        problems = type(self).argument_problems(schedule=schedule, **arguments)
+        if problems:
+            raise ArgumentError(f"invalid {type(self).__name__} arguments:\n- " + "\n- ".join(problems))
+        self.schedule = schedule
+        self.history: list[dict] = []  # this stage's metrics, one entry per round
+        self.last_round: Optional[int] = 0  # None: restored from a checkpoint that predates per-stage state
+
+    @classmethod
+    def argument_problems(cls, schedule: Any = None, **_: Any) -> list[str]:
+        """Every problem with the arguments, each naming its argument; empty when all are fine."""
+        return [f"schedule.{problem}" for problem in as_schedule(schedule).problems()]
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -138,65 +240,88 @@ class SemiEvolStage(L.Callback):
             absent.append("datamodule.state_dict / load_state_dict (the pseudo-labels must live in checkpoints, "
                           "or a resumed run trains on none)")
         if hasattr(datamodule, "task"):
-            needed = self.module_needs(datamodule.task)
-            if not any(isinstance(stage, CollaborativeVoting) for stage in stages):  # the round's default voting
-                needed += CollaborativeVoting().module_needs(datamodule.task)
+            needed = self.module_needs(datamodule.task, stages)
             protocols += needed
             absent += [f"module.{name}" for protocol in needed for name in contract.missing(pl_module, protocol)]
         if absent:
             raise AttributeError(f"{type(self).__name__} needs {', '.join(dict.fromkeys(absent))}; see the plug-in "
                                  f"contract in the README and semift_lightning.contract "
                                  f"({', '.join(dict.fromkeys(p.__name__ for p in protocols))})")
+        order = [next(i for i, kind in enumerate(STAGES) if isinstance(s, kind)) for s in stages
+                 if isinstance(s, STAGES)]
+        if order != sorted(set(order)):
+            raise ValueError(f"the SemiEvol callbacks run in trainer.callbacks order, at most one of each: "
+                             f"{' before '.join(kind.__name__ for kind in STAGES)}; got "
+                             f"{', '.join(type(s).__name__ for s in stages)}")
         for other in stages:
             if other.schedule != self.schedule:
-                raise ValueError(f"{type(self).__name__} and {type(other).__name__} need the same schedule "
-                                 f"(warmup_epochs, refresh_every_n_epochs, rounds): {self.schedule} != {other.schedule}")
-        self._driver = stages[0] is self
-        if self._driver and trainer.reload_dataloaders_every_n_epochs != 1:
+                raise ValueError(f"{type(self).__name__} and {type(other).__name__} need the same schedule: "
+                                 f"{self.schedule} != {other.schedule}")
+        if trainer.reload_dataloaders_every_n_epochs != 1:
             trainer.reload_dataloaders_every_n_epochs = 1  # the training set changes after each round
-        if self._driver and trainer.max_epochs is not None and 0 < trainer.max_epochs <= self.warmup_epochs:
-            rank_zero_warn(f"{type(self).__name__}: warmup_epochs={self.warmup_epochs} is not below "
-                           f"trainer.max_epochs={trainer.max_epochs}: no epoch will train on pseudo-labels")
+        warmup = self.schedule.warmup_epochs
+        if stages[0] is self and trainer.max_epochs is not None and 0 < trainer.max_epochs <= warmup:
+            rank_zero_warn(f"{type(self).__name__}: warmup_epochs={warmup} is not below trainer.max_epochs="
+                           f"{trainer.max_epochs}: no epoch will train on pseudo-labels")
         self.check(trainer, datamodule, stages)
 
     def check(self, trainer: L.Trainer, datamodule: Any, stages: list["SemiEvolStage"]) -> None:
         """Callback-specific checks that need the trainer, before training starts."""
 
-    def module_needs(self, task: Any) -> list[type]:
-        """The protocols (``semift_lightning.contract``) this callback calls on the LightningModule, for ``task``."""
+    def module_needs(self, task: Any, stages: Sequence["SemiEvolStage"] = ()) -> list[type]:
+        """The protocols (``semift_lightning.contract``) this callback calls on the LightningModule, for ``task``,
+        beside the other SemiEvol callbacks ``stages``."""
         return []
 
     def datamodule_needs(self) -> list[type]:
         """The protocols this callback calls on the DataModule beyond ``PseudoLabelStore``."""
         return []
 
+    def run(self, context: RoundContext, module: L.LightningModule, store: Any, index: int, epoch: int = -1) -> dict:
+        """Do this stage of round ``index`` (ending epoch ``epoch``; -1: the fit's start) on ``store``'s records and
+        write them back; returns the stage's metrics, its wall time as ``<stage>_seconds``."""
+        start = time.perf_counter()
+        pool = store.load_split("unlabeled")
+        if not pool:
+            rank_zero_warn("no unlabeled data: the pseudo-labeling round is skipped and training uses labeled data "
+                           "only")
+            store.set_pseudo_labels([], index, epoch)
+            return {"round": index, "pool": 0}
+        records, metrics = self.process(context, module, store, pool, index)
+        store.set_pseudo_labels(records, index, epoch)
+        metrics = {"round": index, **metrics, f"{self.stage}_seconds": time.perf_counter() - start}
+        context.publish(module, records, metrics, epoch)
+        return metrics
+
+    def process(self, context: RoundContext, module: L.LightningModule, store: Any, pool: Sequence[Example],
+                index: int) -> tuple[list[PseudoLabel], dict]:
+        """This stage's work on the pool in round ``index``: the round's records and the stage's metrics."""
+        raise NotImplementedError
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # With validation at an epoch's end, ModelCheckpoint saves when it ends, before on_train_epoch_end: the
         # round runs first so that the checkpoint of this epoch holds its pseudo-labels.
         if trainer.state.fn == "fit" and not trainer.sanity_checking \
                 and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            self._run_due_round(trainer, pl_module)
+            self._run_if_due(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._run_due_round(trainer, pl_module)
+        self._run_if_due(trainer, pl_module)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # before the fit loop loads the training data, so that the first epoch already trains on the round's labels
         # (a resumed run has its round: the DataModule's state is restored before this hook)
-        self._run_due_round(trainer, pl_module, epoch=-1)
+        self._run_if_due(trainer, pl_module, epoch=-1)
 
-    def _run_due_round(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: Optional[int] = None) -> None:
-        if not self._driver:
-            return
+    def _run_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: Optional[int] = None) -> None:
         epoch = trainer.current_epoch if epoch is None else epoch
-        index = self.round_due(epoch)
-        datamodule = trainer.datamodule
-        if index is None or datamodule.pseudo_round >= index:  # a finished round is never recomputed
+        index = self.schedule.round_due(epoch)
+        store = trainer.datamodule
+        done = store.pseudo_round if self.last_round is None else self.last_round
+        if index is None or done >= index:  # a finished stage is never recomputed
             return
-        stages = [cb for cb in trainer.callbacks if isinstance(cb, SemiEvolStage)]
-        metrics = run_round(trainer, pl_module, datamodule, stages, index, epoch)
-        for stage in stages:
-            stage.history.append(metrics)
+        self.history.append(self.run(RoundContext.of(trainer), pl_module, store, index, epoch))
+        self.last_round = index
         through = epoch + 2  # epochs to complete: the round's and the one that trains on it
         if trainer.fit_loop.min_epochs is None or trainer.fit_loop.min_epochs < through:
             trainer.fit_loop.min_epochs = through  # early stopping then waits for that epoch (Lightning's min_epochs)
@@ -205,33 +330,34 @@ class SemiEvolStage(L.Callback):
                                f"trained on this round's pseudo-labels")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history} if self._driver else {}  # the round's driver keeps it, once
+        return {"history": self.history, "last_round": self.last_round}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+        self.last_round = state_dict.get("last_round")
 
 
 class InContextPropagation(SemiEvolStage):
     """Finds, for every unlabeled item, its nearest labeled items in the student's latent space (mean-pooled
-    last hidden states, L2-normalised, cosine similarity); views with ``k > 0`` show them as demonstrations.
+    last hidden states, L2-normalised, cosine similarity) and writes them into the item's record (``neighbours``);
+    views with ``k > 0`` show them as demonstrations. Alone, it labels nothing.
 
     Args:
         k: neighbours kept per item (views use up to ``k``; 0 turns propagation off).
-        warmup_epochs: labeled-only epochs before the first round (the same in every SemiEvol callback).
-        refresh_every_n_epochs: epochs between rounds.
-        rounds: how many pseudo-labeling rounds to run.
+        schedule: when the rounds run (the same in every SemiEvol callback).
     """
 
-    def __init__(self, k: int = 3, warmup_epochs: int = 1, refresh_every_n_epochs: int = 1,
-                 rounds: int = 1) -> None:
-        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds, k=k)
+    stage = "propagation"
+
+    def __init__(self, k: int = 3, schedule: Optional[Schedule] = None) -> None:
+        super().__init__(schedule, k=k)
         self.k = k
 
     @classmethod
     def argument_problems(cls, k: int = 3, **schedule: Any) -> list[str]:
         return super().argument_problems(**schedule) + ([f"k: must be at least 0, got {k}"] if k < 0 else [])
 
-    def module_needs(self, task: Any) -> list[type]:
+    def module_needs(self, task: Any, stages: Sequence[SemiEvolStage] = ()) -> list[type]:
         return [contract.HiddenStates] if self.k else []
 
     def check(self, trainer, datamodule, stages) -> None:
@@ -239,21 +365,26 @@ class InContextPropagation(SemiEvolStage):
         if self.k > len(labeled):
             raise ValueError(f"InContextPropagation: k={self.k} is larger than the labeled set ({len(labeled)} items)")
 
-    def neighbours(self, trainer: L.Trainer, module: L.LightningModule, datamodule: Any,
-                   pool: Sequence[Example]) -> dict[str, list[Example]]:
-        """Each pool item's ``k`` nearest labeled items, nearest first."""
-        found = self.similar(trainer, module, datamodule, pool)
-        return {key: [example for example, _ in row] for key, row in found.items()}
+    def process(self, context, module, store, pool, index) -> tuple[list[PseudoLabel], dict]:
+        with context.inference(module):
+            found = self.similar(context, module, store, pool)
+        records = [PseudoLabel(example.id, index, neighbours=[(neighbour.id, similarity)
+                                                             for neighbour, similarity in found.get(example.id, [])])
+                   for example in pool]
+        nearest = [record.neighbours[0][1] for record in records if record.neighbours]
+        return records, {"nearest_similarity": sum(nearest) / len(nearest) if nearest else float("nan")}
 
-    def similar(self, trainer: L.Trainer, module: L.LightningModule, datamodule: Any,
+    def similar(self, context: RoundContext, module: L.LightningModule, datamodule: Any,
                 pool: Sequence[Example]) -> dict[str, list[tuple[Example, float]]]:
         """Each pool item's ``k`` nearest labeled items with their cosine similarities, nearest first."""
-        if self.k == 0:
+        if self.k == 0 or not pool:
             return {}
         labeled = datamodule.load_split("labeled")
         embed = lambda batch: _mean_pooled(module, batch)  # noqa: E731
-        labeled_vectors = _map_pool(trainer, datamodule, "labeled", labeled, embed, "embedding labeled", embed=True)
-        pool_vectors = _map_pool(trainer, datamodule, "unlabeled", pool, embed, "embedding unlabeled", embed=True)
+        labeled_vectors = _map_pool(context, module, datamodule, "labeled", labeled, embed, "embedding labeled",
+                                    embed=True)
+        pool_vectors = _map_pool(context, module, datamodule, "unlabeled", pool, embed, "embedding unlabeled",
+                                 embed=True)
         keys = torch.stack([labeled_vectors[e.id] for e in labeled])
         queries = torch.stack([pool_vectors[e.id] for e in pool])
         nearest = (queries @ keys.T).topk(self.k, dim=1)
@@ -280,17 +411,19 @@ class CollaborativeVoting(SemiEvolStage):
             an option any view rules out loses).
         text_chars: free-form tasks: each view's generated text is kept in the round's records (``view_texts``,
             so the JSONL shows why a pseudo-label is what it is), cut to this many characters.
-        warmup_epochs: labeled-only epochs before the first round (the same in every SemiEvol callback).
-        refresh_every_n_epochs: epochs between rounds.
-        rounds: how many pseudo-labeling rounds to run.
+        schedule: when the rounds run (the same in every SemiEvol callback).
+
+    Alone (no selection after it), every answered item trains with its answer.
     """
+
+    stage = "voting"
 
     def __init__(self, views: Optional[list[View]] = None, self_justification: bool = True,
                  average_candidate_orders: bool = True, combine: str = "vote", text_chars: int = 500,
-                 warmup_epochs: int = 1, refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
+                 schedule: Optional[Schedule] = None) -> None:
         views = _as_views(views)
-        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds, views=views,
-                         self_justification=self_justification, combine=combine, text_chars=text_chars)
+        super().__init__(schedule, views=views, self_justification=self_justification, combine=combine,
+                         text_chars=text_chars)
         self.text_chars = text_chars
         self.views = views
         self.self_justification = self_justification
@@ -326,7 +459,7 @@ class CollaborativeVoting(SemiEvolStage):
                                 f"adapter folder (no adapter_config.json)")
         return problems
 
-    def module_needs(self, task: Any) -> list[type]:
+    def module_needs(self, task: Any, stages: Sequence[SemiEvolStage] = ()) -> list[type]:
         return [_scorer(task)] + ([contract.PeftStudent] if any(view.adapter != STUDENT for view in self.views) else [])
 
     def check(self, trainer, datamodule, stages) -> None:
@@ -344,7 +477,19 @@ class CollaborativeVoting(SemiEvolStage):
             raise ValueError(f"CollaborativeVoting: a view needs {depth} neighbours (k + neighbour_offset) but "
                              f"InContextPropagation keeps k={icp.k}")
 
-    def label(self, trainer, module, datamodule, pool, neighbours: dict[str, list[tuple[Example, float]]]) -> list[dict]:
+    def process(self, context, module, store, pool, index) -> tuple[list[PseudoLabel], dict]:
+        with context.inference(module):
+            records = self.label(context, module, store, pool, _neighbours(store, index))
+        for record in records:  # every answered item, unless a selection after this callback decides otherwise
+            record.round, record.selected = index, record.selectable
+        if not any(record.selected for record in records):
+            rank_zero_warn(f"pseudo-labeling round {index}: no view answered any item; training goes on with "
+                           f"labeled data only")
+        context.histogram("semievol/uncertainty", [r.uncertainty for r in records if math.isfinite(r.uncertainty)])
+        return records, _voting_metrics(records, store.unlabeled_gold, store.task)
+
+    def label(self, context: RoundContext, module: L.LightningModule, datamodule: Any, pool: Sequence[Example],
+              neighbours: dict[str, list[tuple[Example, float]]]) -> list[PseudoLabel]:
         """One record per pool item from every view's answers; ``neighbours`` as ``InContextPropagation.similar``
         gives them."""
         task = datamodule.task
@@ -352,38 +497,40 @@ class CollaborativeVoting(SemiEvolStage):
         for i, view in enumerate(self.views):
             nearest = {key: row[view.neighbour_offset:view.neighbour_offset + view.k] for key, row in neighbours.items()}
             if view.kind == LABEL_PROPAGATION:
-                answers.append({e.id: _label_propagation_vote(nearest[e.id], len(e.options)) for e in pool})
+                answers.append({e.id: _label_propagation_vote(nearest.get(e.id, []), len(e.options)) for e in pool})
                 continue
             demos = {key: [example for example, _ in row] for key, row in nearest.items()} if view.k else None
             with _adapter(module, view.adapter, f"view{i}"):
-                answers.append(_map_pool(trainer, datamodule, "unlabeled", pool, _answerer(module, task, view),
+                answers.append(_map_pool(context, module, datamodule, "unlabeled", pool, _answerer(module, task, view),
                                          f"view {i + 1}/{len(self.views)}", demonstrations=demos))
         records, disputed = [], {}
         for example in pool:
             votes = [view_answers[example.id] for view_answers in answers]
             record = _combine(task, example, votes)
+            record.neighbours = [(other.id, similarity) for other, similarity in neighbours.get(example.id, [])]
             if not task.closed_form:
-                record["view_texts"] = [(vote.get("text") or "")[:self.text_chars] for vote in votes]
+                record.view_texts = [(vote.text or "")[:self.text_chars] for vote in votes]
             if self.combine != "vote":
                 combined = _mean_vote(votes, log=self.combine == "mean_log_probs")
-                record.update(answer=combined["answer"], uncertainty=combined["uncertainty"], probs=combined["probs"])
-            elif record["disputed"] and self.self_justification:
+                record.answer, record.uncertainty, record.probs = combined.answer, combined.uncertainty, combined.probs
+            elif record.disputed and self.self_justification:
                 disputed[example.id] = _candidates(task, example, votes)
             records.append(record)
         if disputed:
-            chosen = self.justify(trainer, module, datamodule, pool, disputed)
+            chosen = self.justify(context, module, datamodule, pool, disputed)
             for record in records:
-                if record["id"] in chosen:
-                    vote = chosen[record["id"]]
-                    record.update(answer=vote["answer"], uncertainty=vote["uncertainty"], justified=True,
-                                  **({"probs": vote["probs"]} if "probs" in vote else {}))
+                if record.id in chosen:
+                    vote = chosen[record.id]
+                    record.answer, record.uncertainty, record.justified = vote.answer, vote.uncertainty, True
+                    record.probs = vote.probs if task.closed_form else record.probs
         for record in records:  # over the views that answered; None where none did
-            answered = [v for v in record["view_answers"] if v is not None]
-            record["agreement"] = (sum(v == record["answer"] for v in answered) / len(answered)
-                                   if answered and record["answer"] is not None else None)
+            answered = [v for v in record.view_answers if v is not None]
+            record.agreement = (sum(v == record.answer for v in answered) / len(answered)
+                                if answered and record.answer is not None else None)
         return records
 
-    def justify(self, trainer, module, datamodule, pool, disputed: dict[str, list[str]]) -> dict[str, dict]:
+    def justify(self, context: RoundContext, module: L.LightningModule, datamodule: Any, pool: Sequence[Example],
+                disputed: dict[str, list[str]]) -> dict[str, Vote]:
         """The student's pick among each disputed item's candidates (listed as given, or averaged over their
         cyclic rotations): one vote per item id."""
         task = datamodule.task
@@ -392,7 +539,7 @@ class CollaborativeVoting(SemiEvolStage):
         for shift in range(orders):
             shown = {key: c[shift:] + c[:shift] for key, c in disputed.items() if shift < len(c)}
             description = "self-justification" + (f" {shift + 1}/{orders}" if orders > 1 else "")
-            passes.append(_map_pool(trainer, datamodule, "unlabeled", [e for e in pool if e.id in shown],
+            passes.append(_map_pool(context, module, datamodule, "unlabeled", [e for e in pool if e.id in shown],
                                     _answerer(module, task, View()), description, candidates=shown))
         if orders == 1:
             return passes[0]
@@ -419,16 +566,22 @@ class EntropySelection(SemiEvolStage):
             learning-rate schedule, and the epochs after it train that from the base model on labeled ∪ selected
             (as ReST-EM and Noisy Student do against confirmation bias) instead of continuing the warmed-up
             adapter. The module needs ``restart_adapter()``.
-        warmup_epochs: labeled-only epochs before the first round (the same in every SemiEvol callback).
-        refresh_every_n_epochs: epochs between rounds.
-        rounds: how many pseudo-labeling rounds to run.
+        max_pseudo_ratio: at most this many selected items per labeled item: the least uncertain stay, the rest
+            are marked ``capped`` (unset: no cap).
+        schedule: when the rounds run (the same in every SemiEvol callback).
+
+    Without a ``CollaborativeVoting`` before it, it selects over the student's own answers (one view, no
+    demonstrations).
     """
 
+    stage = "selection"
+
     def __init__(self, keep_fraction: float | str = 0.5, always_keep_unanimous: bool = False, per_answer: bool = False,
-                 answer_mix: str = "pool", restart_student: bool = False, warmup_epochs: int = 1,
-                 refresh_every_n_epochs: int = 1, rounds: int = 1) -> None:
-        super().__init__(warmup_epochs, refresh_every_n_epochs, rounds, keep_fraction=keep_fraction,
-                         per_answer=per_answer, answer_mix=answer_mix)
+                 answer_mix: str = "pool", restart_student: bool = False, max_pseudo_ratio: Optional[float] = None,
+                 schedule: Optional[Schedule] = None) -> None:
+        super().__init__(schedule, keep_fraction=keep_fraction, per_answer=per_answer, answer_mix=answer_mix,
+                         max_pseudo_ratio=max_pseudo_ratio)
+        self.max_pseudo_ratio = max_pseudo_ratio
         self.restart_student = restart_student
         self.keep_fraction = keep_fraction
         self.always_keep_unanimous = always_keep_unanimous
@@ -437,8 +590,10 @@ class EntropySelection(SemiEvolStage):
 
     @classmethod
     def argument_problems(cls, keep_fraction: float | str = 0.5, per_answer: bool = False, answer_mix: str = "pool",
-                          **schedule: Any) -> list[str]:
+                          max_pseudo_ratio: Optional[float] = None, **schedule: Any) -> list[str]:
         problems = super().argument_problems(**schedule)
+        if max_pseudo_ratio is not None and not max_pseudo_ratio > 0:
+            problems.append(f"max_pseudo_ratio: must be positive or unset, got {max_pseudo_ratio}")
         if keep_fraction != VALIDATION and not (isinstance(keep_fraction, (int, float)) and 0 < keep_fraction <= 1):
             problems.append(f"keep_fraction (θ): must be in (0, 1], got {keep_fraction!r} (or {VALIDATION!r}: θ from "
                             f"the student's validation accuracy)")
@@ -448,9 +603,10 @@ class EntropySelection(SemiEvolStage):
             problems.append("answer_mix: 'labeled' shares θ among answer options, so it needs per_answer=True")
         return problems
 
-    def module_needs(self, task: Any) -> list[type]:
+    def module_needs(self, task: Any, stages: Sequence[SemiEvolStage] = ()) -> list[type]:
+        labels_alone = not any(isinstance(stage, CollaborativeVoting) for stage in stages)
         return ([contract.RestartableStudent] if self.restart_student else []) + \
-            ([_scorer(task)] if self.keep_fraction == VALIDATION else [])
+            ([_scorer(task)] if self.keep_fraction == VALIDATION or labels_alone else [])
 
     def check(self, trainer, datamodule, stages) -> None:
         if self.keep_fraction == VALIDATION and not datamodule.load_split("val"):
@@ -460,18 +616,47 @@ class EntropySelection(SemiEvolStage):
             raise ValueError(f"EntropySelection: answer_mix='labeled' needs a closed-form task; "
                              f"{datamodule.task.name!r} has free-form answers")
 
-    def validation_keep_fraction(self, trainer, module, datamodule) -> float:
+    def process(self, context, module, store, pool, index) -> tuple[list[PseudoLabel], dict]:
+        records = store.pseudo_labels if store.pseudo_round == index else []
+        metrics: dict[str, Any] = {}
+        with context.inference(module):
+            if not any(record.voted for record in records):  # no voting this round: the student's own answers
+                student = CollaborativeVoting(views=[View()], schedule=self.schedule)
+                records = student.label(context, module, store, pool, _neighbours(store, index))
+                for record in records:
+                    record.round = index
+                metrics.update(_voting_metrics(records, store.unlabeled_gold, store.task))
+            keep_fraction = self.validation_keep_fraction(context, module, store) \
+                if self.keep_fraction == VALIDATION else None
+        labeled_answers = store.labeled_answers() if self.answer_mix == "labeled" else ()
+        threshold = self.select(records, labeled_answers, store.task, keep_fraction)
+        if self.max_pseudo_ratio is not None:
+            limit = int(self.max_pseudo_ratio * len(store.load_split("labeled")))
+            selected = sorted((r for r in records if r.selected), key=lambda r: (r.uncertainty, r.id))
+            for record in selected[limit:]:
+                record.selected, record.capped = False, True
+        if self.restart_student:
+            module.restart_adapter()
+        metrics.update(_selection_metrics(records, store.unlabeled_gold, store.task, threshold))
+        if keep_fraction is not None:
+            metrics["keep_fraction"] = keep_fraction
+        if not metrics["selected"]:
+            rank_zero_warn(f"pseudo-labeling round {index}: every candidate was rejected; training goes on with "
+                           f"labeled data only")
+        return records, metrics
+
+    def validation_keep_fraction(self, context: RoundContext, module: L.LightningModule, datamodule: Any) -> float:
         """θ from the student's accuracy on the validation split (at least one item's worth)."""
         val = datamodule.load_split("val")
-        votes = _map_pool(trainer, datamodule, "val", val, _answerer(module, datamodule.task, View()),
+        votes = _map_pool(context, module, datamodule, "val", val, _answerer(module, datamodule.task, View()),
                           "validation accuracy for θ")
-        right = sum(datamodule.task.is_correct(votes[e.id]["answer"], e) for e in val if votes[e.id]["answer"])
+        right = sum(datamodule.task.is_correct(votes[e.id].answer, e) for e in val if votes[e.id].answer)
         return max(right, 1) / len(val)
 
     def datamodule_needs(self) -> list[type]:
         return [contract.LabeledAnswers] if self.answer_mix == "labeled" else []
 
-    def select(self, records: list[dict], labeled_answers: Sequence[str] = (), task: Any = None,
+    def select(self, records: list[PseudoLabel], labeled_answers: Sequence[str] = (), task: Any = None,
                keep_fraction: Optional[float] = None) -> Optional[float]:
         """Sets every record's ``selected`` flag (a record without an answer or with an infinite uncertainty is
         never kept); returns the threshold (with ``per_answer``, the largest of the answers').
@@ -487,70 +672,41 @@ class EntropySelection(SemiEvolStage):
         if self.answer_mix == "labeled" and not labeled_answers:
             raise ValueError("EntropySelection: answer_mix='labeled' needs the labeled set's answers; none given")
         for record in records:
-            record["selected"] = False
-        answered = [r for r in records if selectable(r)]
-        groups: dict[Optional[str], list[dict]] = {}
+            record.selected = False
+        answered = [r for r in records if r.selectable]
+        groups: dict[Optional[str], list[PseudoLabel]] = {}
         for record in answered:
-            groups.setdefault(key(record["answer"]) if self.per_answer else None, []).append(record)
+            groups.setdefault(key(record.answer) if self.per_answer else None, []).append(record)
         shares = Counter(map(key, labeled_answers))
         thresholds = []
         for answer, group in groups.items():
             if self.answer_mix == "labeled":
                 quota = round(keep_fraction * len(answered) * shares[answer] / len(labeled_answers))
-                kept = sorted(group, key=lambda r: (r["uncertainty"], r["id"]))[:quota]
+                kept = sorted(group, key=lambda r: (r.uncertainty, r.id))[:quota]
             else:
-                threshold = quantile_threshold([r["uncertainty"] for r in group], keep_fraction)
-                kept = [r for r in group if r["uncertainty"] <= threshold]
-            thresholds += [max(r["uncertainty"] for r in kept)] if kept else []
-            for record in kept + [r for r in group if self.always_keep_unanimous and r["unanimous"]]:
-                record["selected"] = True
+                threshold = quantile_threshold([r.uncertainty for r in group], keep_fraction)
+                kept = [r for r in group if r.uncertainty <= threshold]
+            thresholds += [max(r.uncertainty for r in kept)] if kept else []
+            for record in kept + [r for r in group if self.always_keep_unanimous and r.unanimous]:
+                record.selected = True
         return max(thresholds, default=None)
 
 
-def selectable(record: dict) -> bool:
-    """Whether a pseudo-label record can be selected at all: it has an answer and a finite uncertainty."""
-    return record["answer"] is not None and math.isfinite(record["uncertainty"])
 
 
-def run_round(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, stages: list[SemiEvolStage],
-              index: int, epoch: Optional[int] = None) -> dict:
-    """Propagate, label and select on the unlabeled pool; hand the records to the DataModule; log the round.
-    ``epoch``: the epoch the round ends (default: the trainer's; -1: the fit's start, before the first epoch). The
-    metrics hold the round's wall time (``seconds``), so a benchmark reads it from the history or TensorBoard."""
-    start = time.perf_counter()
-    epoch = trainer.current_epoch if epoch is None else epoch
-    find = lambda kind: next((s for s in stages if isinstance(s, kind)), None)  # noqa: E731
-    icp, voting, selection = find(InContextPropagation), find(CollaborativeVoting), find(EntropySelection)
-    voting = voting or CollaborativeVoting(views=[View()], warmup_epochs=stages[0].warmup_epochs,
-                                           refresh_every_n_epochs=stages[0].refresh_every_n_epochs,
-                                           rounds=stages[0].rounds)
-    pool = datamodule.load_split("unlabeled")
-    if not pool:
-        rank_zero_warn("no unlabeled data: the pseudo-labeling round is skipped and training uses labeled data only")
-        datamodule.set_pseudo_labels([], index, epoch)
-        return {"round": index, "pool": 0}
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad(), trainer.precision_plugin.forward_context():
-            neighbours = icp.similar(trainer, module, datamodule, pool) if icp else {}
-            records = voting.label(trainer, module, datamodule, pool, neighbours)
-            measured = selection and selection.keep_fraction == VALIDATION
-            keep_fraction = selection.validation_keep_fraction(trainer, module, datamodule) if measured else None
-    finally:
-        module.train(was_training)
-    for record in records:
-        record.update(round=index, selected=selectable(record))
-    labeled_answers = datamodule.labeled_answers() if selection and selection.answer_mix == "labeled" else ()
-    threshold = selection.select(records, labeled_answers, datamodule.task, keep_fraction) if selection else None
-    datamodule.set_pseudo_labels(records, index, epoch)
-    if selection and selection.restart_student:
-        module.restart_adapter()
-    metrics = _round_metrics(records, datamodule.unlabeled_gold, datamodule.task, threshold, index)
-    if keep_fraction is not None:
-        metrics["keep_fraction"] = keep_fraction
-    metrics["seconds"] = time.perf_counter() - start
-    _log_round(trainer, module, records, metrics, in_epoch=epoch >= 0)
+STAGES = (InContextPropagation, CollaborativeVoting, EntropySelection)  # the order a round's stages run in
+
+
+def run_round(module: L.LightningModule, datamodule: Any, stages: Sequence[SemiEvolStage], index: int = 1,
+              context: Optional[RoundContext] = None, epoch: int = -1) -> dict:
+    """Run ``stages`` (SemiEvol callbacks, in order) as round ``index`` on ``module`` and ``datamodule`` without a
+    Trainer: the records land in the DataModule's store, as in a fit. ``context``: where it runs (default: one
+    process on the module's device, records and metrics not written). Returns the stages' metrics together, each
+    stage's wall time as ``<stage>_seconds``."""
+    context = context or RoundContext(module.device)
+    metrics: dict[str, Any] = {}
+    for stage in stages:
+        metrics.update(stage.run(context, module, datamodule, index, epoch))
     return metrics
 
 
@@ -568,6 +724,14 @@ def _scorer(task) -> type:
     return contract.OptionScorer if task.closed_form else contract.Generator
 
 
+def _neighbours(store: Any, index: int) -> dict[str, list[tuple[Example, float]]]:
+    """The neighbours in-context propagation wrote into the store's records of round ``index`` (none if it did not
+    run), as labeled examples with their similarities."""
+    records = [r for r in store.pseudo_labels if r.neighbours] if store.pseudo_round == index else []
+    labeled = {example.id: example for example in store.load_split("labeled")} if records else {}
+    return {r.id: [(labeled[key], similarity) for key, similarity in r.neighbours] for r in records}
+
+
 def _mean_pooled(module, batch) -> list[torch.Tensor]:
     hidden = module.hidden_states(batch["input_ids"], batch["attention_mask"]).float()
     mask = batch["attention_mask"].unsqueeze(-1).float()
@@ -575,22 +739,19 @@ def _mean_pooled(module, batch) -> list[torch.Tensor]:
     return list(torch.nn.functional.normalize(pooled, dim=-1).cpu())
 
 
-def _map_pool(trainer, datamodule, split, examples, fn, description, **loader_kwargs) -> dict[str, Any]:
+def _map_pool(context: RoundContext, module, datamodule, split, examples, fn, description,
+              **loader_kwargs) -> dict[str, Any]:
     """Run ``fn`` over this rank's shard of ``examples`` and gather one result per id from every rank. Stops
     before the next batch once any rank has received SIGTERM, as Lightning's own loops do."""
-    loader = datamodule.pool_loader(split, examples, trainer.global_rank, trainer.world_size, **loader_kwargs)
-    device = trainer.lightning_module.device
+    loader = datamodule.pool_loader(split, examples, context.rank, context.world_size, **loader_kwargs)
     results, start = {}, time.perf_counter()
-    for batch in tqdm(loader, desc=f"round: {description}", disable=not trainer.is_global_zero, leave=False):
-        if trainer.strategy.reduce_boolean_decision(trainer.received_sigterm, all=False):  # same batch count per rank
+    for batch in tqdm(loader, desc=f"round: {description}", disable=not context.is_main, leave=False):
+        if context.stop_requested():  # the same batch count on every rank
             raise SIGTERMException
-        batch = move_data_to_device(batch, device)
+        batch = move_data_to_device(batch, context.device or module.device)
         for example, result in zip(batch["examples"], fn(batch)):
             results[example.id] = result
-    if trainer.world_size > 1:
-        parts = [None] * trainer.world_size
-        torch.distributed.all_gather_object(parts, results)
-        results = {key: value for part in parts for key, value in part.items()}
+    results = context.gather(results)
     seconds = time.perf_counter() - start
     rank_zero_info(f"round: {description}: {len(results)} items in {seconds:.1f} s ({len(results) / seconds:.2f}/s)")
     return results
@@ -624,23 +785,21 @@ class _adapter:
 def _answerer(module, task, view: View):
     """A function from a batch to one vote per item: answer, option distribution or text, uncertainty."""
     if task.closed_form:
-        def closed(batch) -> list[dict]:
+        def closed(batch) -> list[Vote]:
             votes = []
             for example, row in zip(batch["examples"], module.option_log_probs(batch)):
                 answer, probs = option_vote(row, len(example.options))
-                votes.append({"answer": answer, "probs": probs.tolist(),
-                              "uncertainty": normalized_entropy(probs) if answer else math.inf})
+                votes.append(Vote(answer, normalized_entropy(probs) if answer else math.inf, probs.tolist()))
             return votes
         return closed
 
-    def free(batch) -> list[dict]:
+    def free(batch) -> list[Vote]:
         if view.temperature > 0:
             torch.manual_seed(view.seed)
         examples = batch["examples"]
         texts, nll = module.generate_with_nll(batch, answer_span=lambda text, row: task.answer_span(text, examples[row]),
                                               do_sample=view.temperature > 0, temperature=view.temperature or None)
-        return [{"answer": task.parse(text, example), "text": text, "uncertainty": loss}
-                for example, text, loss in zip(batch["examples"], texts, nll)]
+        return [Vote(task.parse(text, example), loss, text=text) for example, text, loss in zip(examples, texts, nll)]
     return free
 
 
@@ -650,44 +809,47 @@ def _same(task, a: Optional[str], b: Optional[str], example: Example) -> bool:
     return a == b or task.is_correct(a, Example(example.id, example.question, b, example.options))
 
 
-def _group_votes(task, example: Example, votes: list[dict]) -> list[list[dict]]:
+def _group_votes(task, example: Example, votes: Sequence[Vote]) -> list[list[Vote]]:
     """The answered votes grouped by the answer they give, groups in order of first appearance."""
-    groups: list[list[dict]] = []
+    groups: list[list[Vote]] = []
     for vote in votes:
-        if vote["answer"] is None:
+        if vote.answer is None:
             continue
-        group = next((g for g in groups if _same(task, g[0]["answer"], vote["answer"], example)), None)
+        group = next((g for g in groups if _same(task, g[0].answer, vote.answer, example)), None)
         group.append(vote) if group else groups.append([vote])
     return groups
 
 
-def _combine(task, example: Example, votes: list[dict]) -> dict:
+def _combine(task, example: Example, votes: Sequence[Vote]) -> PseudoLabel:
     """One record from the views' votes: agreed answer with mean uncertainty, or a dispute."""
-    answered = [v for v in votes if v["answer"] is not None]
+    answered = [v for v in votes if v.answer is not None]
     groups = _group_votes(task, example, votes)
-    record = {"id": example.id, "view_answers": [v["answer"] for v in votes], "justified": False,
-              "unanimous": len(groups) == 1 and len(answered) == len(votes), "disputed": len(groups) > 1}
+    record = PseudoLabel(example.id, view_answers=[v.answer for v in votes], disputed=len(groups) > 1,
+                         unanimous=len(groups) == 1 and len(answered) == len(votes))
     if not groups:
-        return {**record, "answer": None, "uncertainty": math.inf}
-    best = max(groups, key=lambda g: (len(g), -sum(v["uncertainty"] for v in g) / len(g)))
+        return record
+    best = max(groups, key=lambda g: (len(g), -sum(v.uncertainty for v in g) / len(g)))
+    record.answer = best[0].answer
     if task.closed_form:  # the views' mean option distribution, which soft pseudo-label targets train on
         mean = _mean_vote(answered)
-        return {**record, "answer": best[0]["answer"], "uncertainty": mean["uncertainty"], "probs": mean["probs"]}
-    return {**record, "answer": best[0]["answer"], "uncertainty": sum(v["uncertainty"] for v in best) / len(best)}
+        record.uncertainty, record.probs = mean.uncertainty, mean.probs
+    else:
+        record.uncertainty = sum(v.uncertainty for v in best) / len(best)
+    return record
 
 
-def _mean_vote(votes: list[dict], log: bool = False) -> dict:
+def _mean_vote(votes: Sequence[Vote], log: bool = False) -> Vote:
     """One closed-form vote from several: the mean option distribution of those that answered (``log``: the
     normalised mean of their log-probabilities), its most likely option and normalised entropy."""
-    answered = [v["probs"] for v in votes if v["answer"] is not None]
+    answered = [v.probs for v in votes if v.answer is not None]
     if not answered:
-        return {"answer": None, "probs": [], "uncertainty": math.inf}
+        return Vote(None)
     probs = torch.tensor(answered)
     probs = probs.clamp_min(1e-12).log().mean(0).softmax(0) if log else probs.mean(0)
-    return {"answer": LETTERS[int(probs.argmax())], "probs": probs.tolist(), "uncertainty": normalized_entropy(probs)}
+    return Vote(LETTERS[int(probs.argmax())], normalized_entropy(probs), probs.tolist())
 
 
-def _label_propagation_vote(neighbours: list[tuple[Example, float]], option_count: int) -> dict:
+def _label_propagation_vote(neighbours: Sequence[tuple[Example, float]], option_count: int) -> Vote:
     """The neighbours' gold answers as one closed-form vote: the histogram over options weighted by (non-negative)
     cosine similarity; a neighbour whose answer is not among the item's options does not vote."""
     probs = torch.zeros(option_count, dtype=torch.float64)
@@ -695,66 +857,60 @@ def _label_propagation_vote(neighbours: list[tuple[Example, float]], option_coun
         if example.answer in LETTERS[:option_count]:
             probs[LETTERS.index(example.answer)] += max(similarity, 0.0)
     if not probs.sum() > 0:
-        return {"answer": None, "probs": [], "uncertainty": math.inf}
+        return Vote(None)
     probs /= probs.sum()
-    return {"answer": LETTERS[int(probs.argmax())], "probs": probs.tolist(), "uncertainty": normalized_entropy(probs)}
+    return Vote(LETTERS[int(probs.argmax())], normalized_entropy(probs), probs.tolist())
 
 
-def _candidates(task, example: Example, votes: list[dict]) -> list[str]:
+def _candidates(task, example: Example, votes: Sequence[Vote]) -> list[str]:
     """The distinct answers of a dispute as self-justification shows them; closed-form ones in option order (the
     order ``CollaborativeVoting.justify`` rotates), so that no view is favoured by being listed first."""
     distinct = [group[0] for group in _group_votes(task, example, votes)]
     if task.closed_form:
-        distinct.sort(key=lambda vote: LETTERS.index(vote["answer"]))
-    return [task.proposed_answer(example, vote["answer"], vote.get("text")) for vote in distinct]
+        distinct.sort(key=lambda vote: LETTERS.index(vote.answer))
+    return [task.proposed_answer(example, vote.answer, vote.text) for vote in distinct]
 
 
-def _round_metrics(records, gold, task, threshold, index) -> dict:
-    selected = [r for r in records if r["selected"]]
-    finite = [r["uncertainty"] for r in records if math.isfinite(r["uncertainty"])]
-    metrics = {"round": index, "pool": len(records), "agreement_rate": sum(r["unanimous"] for r in records) / len(records),
-               "selected": len(selected), "selected_rate": len(selected) / len(records),
-               "threshold": threshold if threshold is not None else float("nan"),
+def _scored(records: Sequence[PseudoLabel], gold: dict[str, Optional[str]]) -> list[tuple[PseudoLabel, str]]:
+    """(record, gold answer) where the pool's gold answer is known: diagnostics only, never training or selection."""
+    return [(r, gold[r.id]) for r in records if gold.get(r.id) is not None]
+
+
+def _right(task, answer: Optional[str], record: PseudoLabel, gold: str) -> bool:
+    return _same(task, answer, gold, Example(record.id, "", gold))
+
+
+def _voting_metrics(records: Sequence[PseudoLabel], gold: dict[str, Optional[str]], task) -> dict[str, float]:
+    """The pool, how the views agreed, each view's answer mix and (against the gold column) accuracy."""
+    finite = [r.uncertainty for r in records if math.isfinite(r.uncertainty)]
+    metrics = {"pool": len(records), "agreement_rate": sum(r.unanimous for r in records) / len(records),
                "mean_uncertainty": sum(finite) / len(finite) if finite else float("nan"),
-               "no_answer": sum(r["answer"] is None for r in records)}
-    if task.closed_form:  # the answer mix of the selection: a pile-up on one option shows here
-        for answer in sorted({r["answer"] for r in records if r["answer"] is not None}):
-            metrics[f"selected_answer_{answer}"] = sum(r["answer"] == answer for r in selected)
-    scored = [(r, gold[r["id"]]) for r in records if gold.get(r["id"]) is not None]
-    if scored:  # diagnostic only: gold answers never reach training or selection
-        check = lambda r, g: _same(task, r["answer"], g, Example(r["id"], "", g))  # noqa: E731
-        metrics["pseudo_label_accuracy"] = sum(check(r, g) for r, g in scored) / len(scored)
-        chosen = [(r, g) for r, g in scored if r["selected"]]
-        metrics["selected_accuracy"] = sum(check(r, g) for r, g in chosen) / len(chosen) if chosen else float("nan")
-        for i in range(len(records[0]["view_answers"])):
-            metrics[f"view{i + 1}_accuracy"] = sum(
-                _same(task, r["view_answers"][i], g, Example(r["id"], "", g)) for r, g in scored) / len(scored)
-    if task.closed_form and records:  # each view's answer mix: a view that piles onto one option shows here
-        for i in range(len(records[0]["view_answers"])):
-            for answer, count in sorted(Counter(r["view_answers"][i] for r in records if r["view_answers"][i]).items()):
+               "no_answer": sum(r.answer is None for r in records)}
+    scored = _scored(records, gold)
+    if scored:
+        metrics["pseudo_label_accuracy"] = sum(_right(task, r.answer, r, g) for r, g in scored) / len(scored)
+        for i in range(len(records[0].view_answers)):
+            metrics[f"view{i + 1}_accuracy"] = sum(_right(task, r.view_answers[i], r, g) for r, g in scored) / len(scored)
+    if task.closed_form:  # each view's answer mix: a view that piles onto one option shows here
+        for i in range(len(records[0].view_answers)):
+            for answer, count in sorted(Counter(r.view_answers[i] for r in records if r.view_answers[i]).items()):
                 metrics[f"view{i + 1}_answer_{answer}"] = count
     return metrics
 
 
-def _log_round(trainer, module, records, metrics, in_epoch: bool) -> None:
-    if not metrics["selected"]:
-        rank_zero_warn(f"pseudo-labeling round {metrics['round']}: every candidate was rejected; training goes on "
-                       f"with labeled data only")
-    scalars = {f"semievol/{key}": float(value) for key, value in metrics.items() if key != "round"}
-    if in_epoch:
-        for key, value in scalars.items():
-            module.log(key, value, on_epoch=True, sync_dist=False, rank_zero_only=True)
-    elif trainer.is_global_zero:  # Lightning's self.log is not available before the fit loop
-        for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=trainer.global_step)
-    out = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir is collective: every rank asks
-    if trainer.is_global_zero:
-        atomic_write_jsonl(out / f"pseudo_labels_round{metrics['round']}.jsonl", records)
-        experiment = getattr(trainer.logger, "experiment", None)
-        finite = [r["uncertainty"] for r in records if math.isfinite(r["uncertainty"])]
-        if finite and hasattr(experiment, "add_histogram"):
-            experiment.add_histogram("semievol/uncertainty", torch.tensor(finite), trainer.global_step)
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-        rank_zero_info(f"pseudo-labeling round {metrics['round']}: {shown}")
-    trainer.strategy.barrier()
-
+def _selection_metrics(records: Sequence[PseudoLabel], gold: dict[str, Optional[str]], task,
+                       threshold: Optional[float]) -> dict[str, float]:
+    """What was kept: how many, below which uncertainty, its answer mix and (against the gold column) accuracy."""
+    selected = [r for r in records if r.selected]
+    metrics = {"selected": len(selected), "selected_rate": len(selected) / len(records),
+               "threshold": threshold if threshold is not None else float("nan"),
+               "capped": sum(r.capped for r in records)}
+    if task.closed_form:  # the answer mix of the selection: a pile-up on one option shows here
+        for answer in sorted({r.answer for r in records if r.answer is not None}):
+            metrics[f"selected_answer_{answer}"] = sum(r.answer == answer for r in selected)
+    scored = _scored(records, gold)
+    if scored:
+        chosen = [(r, g) for r, g in scored if r.selected]
+        metrics["selected_accuracy"] = (sum(_right(task, r.answer, r, g) for r, g in chosen) / len(chosen)
+                                        if chosen else float("nan"))
+    return metrics

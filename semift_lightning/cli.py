@@ -7,7 +7,7 @@ import copy
 import importlib
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation, SemiEvolStage
+from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation, Schedule
 from semift_lightning.datamodule import SemiFTDataModule
 from semift_lightning.errors import ArgumentError, CheckpointError, SemiFTError
 from semift_lightning.io import AtomicCheckpointIO, RunLock, read_checkpoint
@@ -40,27 +40,12 @@ def default_precision() -> str:
     return "bf16-mixed" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "32-true"
 
 
-@dataclass
-class SemiEvolSchedule:
-    """One schedule for every SemiEvol callback configured (each keeps its own value where this is unset).
-
-    Args:
-        warmup_epochs: labeled-only epochs before the first round.
-        refresh_every_n_epochs: epochs between rounds.
-        rounds: how many pseudo-labeling rounds to run.
-    """
-
-    warmup_epochs: Optional[int] = None
-    refresh_every_n_epochs: Optional[int] = None
-    rounds: Optional[int] = None
-
-
 class SemiFTCLI(LightningCLI):
     """Checks every model and data argument before anything loads and reports all problems in one error.
 
     The SemiEvol callbacks have their own keys (``propagation``, ``voting``, ``selection``) so that a recipe in
-    ``callbacks/`` composes with any config without replacing its ``trainer.callbacks`` list; ``semievol.*`` sets
-    their shared schedule in one place.
+    ``callbacks/`` composes with any config without replacing its ``trainer.callbacks`` list; ``semievol.*`` is
+    their one schedule, set in each of them at instantiation.
     """
 
     SEMIEVOL_KEYS = {"propagation": InContextPropagation, "voting": CollaborativeVoting, "selection": EntropySelection}
@@ -75,7 +60,7 @@ class SemiFTCLI(LightningCLI):
         """Parse, then read a ``ckpt_path`` file with ``read_checkpoint``'s checks and keep the model arguments as
         the command line and config files give them: LightningCLI next merges the checkpoint's hyper-parameters into
         them, and a checkpoint must never choose what model (or code) loads. ``--print_config`` prints the configuration
-        that runs, the ``semievol.*`` schedule set in every callback, and exits."""
+        that runs, the ``semievol`` schedule set in every callback, and exits."""
         given = sys.argv[1:] if args is None else args
         printing = [arg for arg in given if str(arg).split("=")[0] == "--print_config"] \
             if isinstance(given, list) else []
@@ -92,24 +77,28 @@ class SemiFTCLI(LightningCLI):
         self.checkpoint = read_checkpoint(path) if path and path not in self.CHECKPOINT_NAMES else None
         self.user_model = copy.deepcopy(config.get("model"))
 
-    def apply_schedule(self, config: Namespace) -> dict:
-        """Set ``semievol.*`` (where given) in every configured SemiEvol callback's arguments; returns what was set."""
-        shared = {field.name: config.semievol[field.name] for field in fields(SemiEvolSchedule)
-                  if config.semievol[field.name] is not None}
+    def apply_schedule(self, config: Namespace) -> list[str]:
+        """Set the ``semievol`` schedule in every configured SemiEvol callback's arguments; returns the problems (a
+        callback given a schedule of its own: the schedule is stated once)."""
+        problems = []
         for key in self.SEMIEVOL_KEYS:
             chosen = config.get(key)
             if chosen is None:
                 continue
             if chosen.get("init_args") is None:
                 chosen.init_args = Namespace()
-            for name, value in shared.items():
-                chosen.init_args[name] = value
-        return shared
+            own = chosen.init_args.get("schedule")
+            if own is not None and own != config.semievol:
+                problems.append(f"{key}.init_args.schedule: the schedule is set once, for every SemiEvol callback, "
+                                f"with semievol.* (semievol: {{warmup_epochs: ..., refresh_every_n_epochs: ..., "
+                                f"rounds: ...}}); remove it here")
+            chosen.init_args.schedule = config.semievol.clone()
+        return problems
 
     def add_arguments_to_parser(self, parser) -> None:
         for key, callback in self.SEMIEVOL_KEYS.items():
             parser.add_subclass_arguments(callback, key, required=False)
-        parser.add_class_arguments(SemiEvolSchedule, "semievol")
+        parser.add_class_arguments(Schedule, "semievol")
 
     def instantiate_trainer(self, **kwargs):
         if self.subcommand not in (None, "fit"):  # a test into a fit's folder keeps the fit's config.yaml
@@ -167,18 +156,20 @@ class SemiFTCLI(LightningCLI):
         if chosen_keys and self.subcommand == "fit" and not (config.data.unlabeled or config.data.source):
             problems.append(f"data.unlabeled: a SemiEvol recipe is configured ({', '.join(chosen_keys)}) but there is "
                             f"no unlabeled data; set data.unlabeled, or drop the recipe to train on labeled data only")
-        shared = self.apply_schedule(config)
-        if shared and not chosen_keys:
-            problems.append(f"semievol: sets {', '.join(shared)} but no SemiEvol callback is configured "
+        problems += self.apply_schedule(config)
+        schedule = Schedule(**vars(config.semievol))
+        changed = [field.name for field in fields(Schedule) if getattr(schedule, field.name) != field.default]
+        if changed and not chosen_keys:
+            problems.append(f"semievol: sets {', '.join(changed)} but no SemiEvol callback is configured "
                             f"({', '.join(self.SEMIEVOL_KEYS)}); add a recipe from callbacks/")
-        problems += [f"semievol.{problem}" for problem in SemiEvolStage.argument_problems(**shared)]
+        problems += [f"semievol.{problem}" for problem in schedule.problems()]
         for key in chosen_keys:
             chosen = config[key]
             module_name, _, class_name = chosen.class_path.rpartition(".")
             callback = getattr(importlib.import_module(module_name), class_name)
-            problems += [f"{key}.init_args.{problem}"  # a bad shared value is reported once, as semievol.*
+            problems += [f"{key}.init_args.{problem}"  # the schedule's problems are reported once, as semievol.*
                          for problem in callback.argument_problems(**vars(chosen.init_args))
-                         if problem.split(":", 1)[0] not in shared]
+                         if not problem.startswith("schedule.")]
         if problems:
             raise ArgumentError("invalid arguments:\n- " + "\n- ".join(problems))
 

@@ -14,13 +14,16 @@ from torch.utils.data import DataLoader
 
 
 class PseudoLabelStore(Protocol):
-    """The DataModule every round needs: it loads the splits, serves inference batches and owns the pseudo-labels,
-    which must reach checkpoints through its own ``state_dict`` / ``load_state_dict`` (or a resumed run trains on
-    none). Its train dataloader serves the selected pseudo-labels from the epoch after the round's ``epoch`` (-1: a
-    round at the fit's start, whose pseudo-labels the first epoch trains on)."""
+    """The DataModule every round needs: it loads the splits, serves inference batches and owns the pseudo-labels
+    (``PseudoLabel`` records, one per unlabeled item), which must reach checkpoints through its own ``state_dict`` /
+    ``load_state_dict`` (or a resumed run trains on none). Each SemiEvol callback reads the records of the round from
+    it and hands them back with ``set_pseudo_labels``. Its train dataloader serves the selected pseudo-labels from
+    the epoch after the round's ``epoch`` (-1: a round at the fit's start, whose pseudo-labels the first epoch trains
+    on). ``pool_loader`` batches carry ``examples`` (the ``Example`` of each row) beside what the module reads."""
 
     task: Any  # the Task: closed_form, parse, is_correct, proposed_answer
-    pseudo_round: int  # the last round whose records the store holds (0: none)
+    pseudo_labels: list  # the records of round ``pseudo_round`` (``semift_lightning.pseudo_labels.PseudoLabel``)
+    pseudo_round: int  # the round whose records the store holds (0: none)
     unlabeled_gold: dict[str, Optional[str]]  # the pool's gold answers where known: diagnostics only
 
     def load_split(self, name: str) -> list: ...
@@ -29,7 +32,7 @@ class PseudoLabelStore(Protocol):
                     demonstrations: Optional[dict] = None, candidates: Optional[dict] = None,
                     embed: bool = False) -> DataLoader: ...
 
-    def set_pseudo_labels(self, records: list[dict], round_index: int, epoch: Optional[int] = None) -> None: ...
+    def set_pseudo_labels(self, records: list, round_index: int, epoch: Optional[int] = None) -> None: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 

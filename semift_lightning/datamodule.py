@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from semift_lightning.errors import ArgumentError
 from semift_lightning.parsing import LETTERS
 from semift_lightning.prompts import PROMPT_FORMATS, PromptBuilder
+from semift_lightning.pseudo_labels import PseudoLabel
 from semift_lightning.records import (DataError, Example, check_fractions, read_rows, same_items, split_examples,
                                       subsample, to_examples)
 from semift_lightning.tasks import ColumnOverrides, get_preset, override_columns
@@ -153,9 +154,6 @@ class SemiFTDataModule(L.LightningDataModule):
         system_prompt: optional system message for every prompt.
         cache_dir: cache for ``pypi:`` data assets (default ``$SEMIFT_CACHE`` or ~/.cache/semift).
         pseudo_weight: loss weight of a pseudo-labeled item relative to a labeled one.
-        max_pseudo_ratio: at most this many selected pseudo-labeled items per labeled item (the least
-            uncertain first; the others' ``selected`` flag is cleared and ``capped`` set, so the round's records,
-            JSONL and metrics show it); unset means all selected items.
         test_overlap: what to do with labeled or unlabeled items whose question and options equal a test item's
             (test leakage): error (default), drop (remove them from training data, listing each), or allow.
         view_prompt_fraction: fraction of training items shown in the prompt forms of a pseudo-labeling round
@@ -186,10 +184,9 @@ class SemiFTDataModule(L.LightningDataModule):
                  columns: Optional[ColumnOverrides] = None, sizes: SplitSizes = SplitSizes(), batch_size: int = 8,
                  eval_batch_size: int = 16, max_length: int = 1024, num_workers: int = 0, seed: int = 0,
                  system_prompt: Optional[str] = None, cache_dir: Optional[str] = None, pseudo_weight: float = 1.0,
-                 max_pseudo_ratio: Optional[float] = None, test_overlap: str = "error",
-                 view_prompt_fraction: float = 0.0, view_prompt_demonstrations: int = 2,
-                 question_last: bool = False, val_fraction: float = 0.0, soft_pseudo_labels: bool = False,
-                 prompt_format: Optional[str] = None) -> None:
+                 test_overlap: str = "error", view_prompt_fraction: float = 0.0,
+                 view_prompt_demonstrations: int = 2, question_last: bool = False, val_fraction: float = 0.0,
+                 soft_pseudo_labels: bool = False, prompt_format: Optional[str] = None) -> None:
         super().__init__()
         problems = self.argument_problems(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         if problems:
@@ -210,7 +207,6 @@ class SemiFTDataModule(L.LightningDataModule):
         self.system_prompt = system_prompt
         self.cache_dir = cache_dir
         self.pseudo_weight = pseudo_weight
-        self.max_pseudo_ratio = max_pseudo_ratio
         self.test_overlap = test_overlap
         self.view_prompt_fraction = view_prompt_fraction
         self.view_prompt_demonstrations = view_prompt_demonstrations
@@ -222,7 +218,7 @@ class SemiFTDataModule(L.LightningDataModule):
         self.split_names: dict[str, str] = {}
         self.truncated: dict[str, int] = {}
         self.unlabeled_gold: dict[str, Optional[str]] = {}  # diagnostics only: never trained on or selected by
-        self.pseudo_labels: list[dict] = []  # the latest round's records, one per unlabeled item
+        self.pseudo_labels: list[PseudoLabel] = []  # the latest round's records, one per unlabeled item
         self.pseudo_round = 0
         self.pseudo_epoch = -1
         self.answers_optional: set[str] = {"unlabeled"}  # splits whose rows may lack a gold answer
@@ -231,7 +227,7 @@ class SemiFTDataModule(L.LightningDataModule):
     def argument_problems(task: str = "multiple_choice", labeled: Optional[str] = None, test: Optional[str] = None,
                           source: Optional[str] = None, split_fractions: Sequence[float] = (0.2, 0.6, 0.2),
                           sizes: Any = None, batch_size: int = 8, eval_batch_size: int = 16, max_length: int = 1024,
-                          num_workers: int = 0, pseudo_weight: float = 1.0, max_pseudo_ratio: Optional[float] = None,
+                          num_workers: int = 0, pseudo_weight: float = 1.0,
                           test_overlap: str = "error", view_prompt_fraction: float = 0.0,
                           view_prompt_demonstrations: int = 2, val: Optional[str] = None, val_fraction: float = 0.0,
                           soft_pseudo_labels: bool = False, prompt_format: Optional[str] = None,
@@ -258,8 +254,6 @@ class SemiFTDataModule(L.LightningDataModule):
             problems.append(f"data.num_workers: must be at least 0, got {num_workers}")
         if not pseudo_weight > 0:
             problems.append(f"data.pseudo_weight: must be positive, got {pseudo_weight}")
-        if max_pseudo_ratio is not None and not max_pseudo_ratio > 0:
-            problems.append(f"data.max_pseudo_ratio: must be positive or unset, got {max_pseudo_ratio}")
         if not 0 <= view_prompt_fraction <= 1:
             problems.append(f"data.view_prompt_fraction: must be in [0, 1], got {view_prompt_fraction}")
         if view_prompt_demonstrations < 1:
@@ -410,7 +404,7 @@ class SemiFTDataModule(L.LightningDataModule):
         joined = self.trainer is None or self.trainer.current_epoch > self.pseudo_epoch
         pseudo = self.pseudo_examples() if joined else []
         labeled = self._require("labeled")
-        soft = {r["id"]: r["probs"] for r in self.pseudo_labels if r.get("probs")} if self.soft_pseudo_labels else None
+        soft = {r.id: r.probs for r in self.pseudo_labels if r.probs} if self.soft_pseudo_labels else None
         return (self.encode("labeled", labeled, with_target=True, **self.view_prompts("labeled", labeled))
                 + self.encode("pseudo", pseudo, with_target=True, weights=[self.pseudo_weight] * len(pseudo),
                               soft_targets=soft, **self.view_prompts("pseudo", pseudo)))
@@ -438,24 +432,19 @@ class SemiFTDataModule(L.LightningDataModule):
     # ----- pseudo-labels ---------------------------------------------------------------------------------------------
     def pseudo_examples(self) -> list[Example]:
         """Unlabeled items whose pseudo-label was selected, with that label as their answer."""
-        selected = [record for record in self.pseudo_labels if record["selected"]]
+        selected = [record for record in self.pseudo_labels if record.selected]
         pool = {example.id: example for example in self.load_split("unlabeled")}
-        return [replace(pool[record["id"]], answer=record["answer"]) for record in selected]
+        return [replace(pool[record.id], answer=record.answer) for record in selected]
 
-    def set_pseudo_labels(self, records: list[dict], round_index: int, epoch: Optional[int] = None) -> None:
+    def set_pseudo_labels(self, records: list[PseudoLabel], round_index: int, epoch: Optional[int] = None) -> None:
         """Replace the store with one round's records (one per unlabeled item), made at the end of ``epoch``
         (default: this one; -1: before the first, which then trains on them)."""
-        if self.max_pseudo_ratio is not None:
-            limit = int(self.max_pseudo_ratio * len(self.load_split("labeled")))
-            selected = sorted((r for r in records if r["selected"]), key=lambda r: (r["uncertainty"], r["id"]))
-            for record in selected[limit:]:
-                record.update(selected=False, capped=True)
-        self.pseudo_labels = records
+        self.pseudo_labels = list(records)
         self.pseudo_round = round_index
         self.pseudo_epoch = epoch if epoch is not None else self.trainer.current_epoch if self.trainer else -1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pseudo_labels": self.pseudo_labels, "pseudo_round": self.pseudo_round,
+        return {"pseudo_labels": [record.as_dict() for record in self.pseudo_labels], "pseudo_round": self.pseudo_round,
                 "pseudo_epoch": self.pseudo_epoch, "prompt_layout": self.prompt_layout}
 
     @property
@@ -472,7 +461,8 @@ class SemiFTDataModule(L.LightningDataModule):
         if changed:
             rank_zero_warn(f"the checkpoint was trained on prompts built with data.{', data.'.join(changed)}: this "
                            f"run builds its prompts differently")
-        self.pseudo_labels = list(state_dict.get("pseudo_labels", []))
+        self.pseudo_labels = [PseudoLabel.from_dict(record, f"the checkpoint's pseudo-label {number}")
+                              for number, record in enumerate(state_dict.get("pseudo_labels", []), start=1)]
         self.pseudo_round = int(state_dict.get("pseudo_round", 0))
         self.pseudo_epoch = int(state_dict.get("pseudo_epoch", -1))
 

@@ -35,7 +35,8 @@ def test_print_config_shows_the_schedule_that_runs(capsys, monkeypatch):
               "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert [printed[key]["init_args"]["warmup_epochs"] for key in ("propagation", "voting", "selection")] == [3, 3, 3]
+    schedules = [printed[key]["init_args"]["schedule"] for key in ("propagation", "voting", "selection")]
+    assert schedules == [printed["semievol"]] * 3 and printed["semievol"]["warmup_epochs"] == 3
     assert printed["data"]["task"] == "fpb" and "config" not in printed
 
 
@@ -145,13 +146,16 @@ def test_semievol_schedule_is_set_once_for_every_callback(tmp_path, tiny_model, 
     from semift_lightning.callbacks import SemiEvolStage
     from semift_lightning.cli import SemiFTCLI
     config = run_config(tmp_path, tiny_model, fpb_like)
+    from semift_lightning.callbacks import Schedule
+    recipe = str(REPO / "callbacks" / "semievol_light.yaml")
     cli = SemiFTCLI(SemiFTModule, SemiFTDataModule, run=False,
-                    args=["-c", config, "-c", str(REPO / "callbacks" / "semievol_light.yaml"),
-                          "--voting.init_args.refresh_every_n_epochs", "2", "--semievol.warmup_epochs", "3",
-                          "--semievol.rounds", "2"])
+                    args=["-c", config, "-c", recipe, "--semievol.warmup_epochs", "3", "--semievol.rounds", "2"])
     stages = [callback for callback in cli.trainer.callbacks if isinstance(callback, SemiEvolStage)]
-    assert len(stages) == 3
-    assert [stage.schedule for stage in stages] == [(3, 1, 2), (3, 2, 2), (3, 1, 2)]  # unset fields keep their own
+    assert [stage.schedule for stage in stages] == [Schedule(warmup_epochs=3, refresh_every_n_epochs=1, rounds=2)] * 3
+    with pytest.raises(ValueError, match=r"voting.init_args.schedule: the schedule is set once, for every SemiEvol "
+                                         r"callback, with semievol"):
+        SemiFTCLI(SemiFTModule, SemiFTDataModule, run=False,
+                  args=["-c", config, "-c", recipe, "--voting.init_args.schedule.refresh_every_n_epochs", "2"])
 
 
 def test_semievol_schedule_without_a_callback_is_an_error(monkeypatch):

@@ -92,5 +92,5 @@ def test_our_module_and_datamodule_offer_every_protocol_of_the_contract(tiny_mod
     for protocol in (contract.PseudoLabelStore, contract.LabeledAnswers):
         assert contract.missing(datamodule, protocol) == []
     assert contract.members(contract.PseudoLabelStore) == [
-        "task", "pseudo_round", "unlabeled_gold", "load_split", "pool_loader", "set_pseudo_labels", "state_dict",
+        "task", "pseudo_labels", "pseudo_round", "unlabeled_gold", "load_split", "pool_loader", "set_pseudo_labels", "state_dict",
         "load_state_dict"]

@@ -11,6 +11,7 @@ from semift_lightning import SemiFTDataModule, SemiFTModule
 from semift_lightning.callbacks import (CollaborativeVoting, EntropySelection, InContextPropagation, View,
                                         _label_propagation_vote, _mean_vote)
 from semift_lightning.datamodule import SplitSizes, carve_validation
+from semift_lightning.pseudo_labels import Vote
 from semift_lightning.records import Example
 
 from test_semievol import adapter_weights, make
@@ -55,15 +56,15 @@ def test_validation_logs_a_loss_beside_accuracy(tiny_model, fpb_like, tmp_path):
 def test_label_propagation_vote_is_the_similarity_weighted_answer_histogram():
     a, b = examples("AB")
     vote = _label_propagation_vote([(a, 0.9), (b, 0.3), (a, -0.5)], option_count=3)
-    assert vote["answer"] == "A" and vote["probs"] == pytest.approx([0.75, 0.25, 0.0])
-    assert 0 < vote["uncertainty"] < 1
-    assert _label_propagation_vote([(a, -0.1)], 3)["answer"] is None  # nothing similar: no answer
+    assert vote.answer == "A" and vote.probs == pytest.approx([0.75, 0.25, 0.0])
+    assert 0 < vote.uncertainty < 1
+    assert _label_propagation_vote([(a, -0.1)], 3).answer is None  # nothing similar: no answer
 
 
 def test_mean_log_probs_lets_a_view_rule_an_option_out():
-    votes = [{"answer": "A", "probs": [0.9, 0.1, 0.0]}, {"answer": "C", "probs": [0.0, 0.3, 0.7]}]
-    assert _mean_vote(votes)["answer"] == "A" and _mean_vote(votes)["probs"] == pytest.approx([0.45, 0.2, 0.35])
-    assert _mean_vote(votes, log=True)["answer"] == "B"  # the only option neither view rules out
+    votes = [Vote("A", probs=[0.9, 0.1, 0.0]), Vote("C", probs=[0.0, 0.3, 0.7])]
+    assert _mean_vote(votes).answer == "A" and _mean_vote(votes).probs == pytest.approx([0.45, 0.2, 0.35])
+    assert _mean_vote(votes, log=True).answer == "B"  # the only option neither view rules out
 
 
 def lp_recipe(**selection):
@@ -78,10 +79,10 @@ def test_label_propagation_and_distribution_voting_make_a_round(tiny_model, fpb_
     datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     records = datamodule.pseudo_labels
-    assert len(records) == 30 and all(len(r["view_answers"]) == 2 for r in records)
-    assert all(r["view_answers"][1] in "ABC" for r in records)  # every item has labeled neighbours
-    assert not any(r["justified"] for r in records)
-    assert sizes.sizes[1] == 24 + sum(r["selected"] for r in records)
+    assert len(records) == 30 and all(len(r.view_answers) == 2 for r in records)
+    assert all(r.view_answers[1] in "ABC" for r in records)  # every item has labeled neighbours
+    assert not any(r.justified for r in records)
+    assert sizes.sizes[1] == 24 + sum(r.selected for r in records)
     metrics = trainer.callback_metrics
     assert "semievol/view1_accuracy" in metrics and "semievol/view2_accuracy" in metrics
 
@@ -158,8 +159,8 @@ def test_soft_pseudo_labels_train_on_the_rounds_distribution(tiny_model, fpb_lik
                                           soft_pseudo_labels=True)
     datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
-    selected = [r for r in datamodule.pseudo_labels if r["selected"]]
-    assert selected and all(len(r["probs"]) == 3 for r in selected)
+    selected = [r for r in datamodule.pseudo_labels if r.selected]
+    assert selected and all(len(r.probs) == 3 for r in selected)
     assert probe.soft_batches > 0 and probe.checked
     with pytest.raises(ValueError, match="data.soft_pseudo_labels: needs a closed-form task"):
         SemiFTDataModule(task="numeric", labeled="a.csv", soft_pseudo_labels=True)
@@ -185,8 +186,8 @@ def test_theta_from_the_students_validation_accuracy(tiny_model, fpb_like, tmp_p
     theta = float(trainer.callback_metrics["semievol/keep_fraction"])
     val = datamodule.load_split("val")
     assert any(theta == pytest.approx(max(k, 1) / len(val)) for k in range(len(val) + 1))
-    answered = [r for r in datamodule.pseudo_labels if r["answer"]]
-    assert sum(r["selected"] for r in answered) >= math.ceil(theta * len(answered) - 1e-4)
+    answered = [r for r in datamodule.pseudo_labels if r.answer]
+    assert sum(r.selected for r in answered) >= math.ceil(theta * len(answered) - 1e-4)
     with pytest.raises(ValueError, match=r"keep_fraction \(θ\): must be in \(0, 1\], got 'val' \(or 'validation'"):
         EntropySelection(keep_fraction="val")
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [selection])
