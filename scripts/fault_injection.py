@@ -185,7 +185,7 @@ def main() -> int:
         resumed = outcome(run)
         row = {"point": point, "killed": killed.returncode == -signal.SIGKILL,
                "temp files left by the kill": len(left_by_kill),
-               "rounds run on resume": (fit.stdout + fit.stderr).count("pseudo-labeling round 1:"),
+               "round-1 stages run on resume (of 3)": (fit.stdout + fit.stderr).count("pseudo-labeling round 1:"),
                "same adapter": same_adapter(resumed["adapter"], reference["adapter"]),
                "same pseudo-labels": resumed["store"] == reference["store"]
                and resumed["round_file"] == reference["round_file"],
