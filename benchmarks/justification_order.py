@@ -20,13 +20,13 @@ from dataclasses import replace
 
 import torch
 
-from figures import accuracy, add_data_arguments, benchmark_data, read_jsonl, unlabeled_gold
+from figures import accuracy, add_data_arguments, benchmark_data, unlabeled_gold
 from measure import machine
 from semift_lightning import SemiFTModule
 from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, RoundContext
 from semift_lightning.cli import default_precision
 from semift_lightning.parsing import LETTERS
-from semift_lightning.pseudo_labels import PseudoLabel, Vote
+from semift_lightning.pseudo_labels import PseudoLabel, Vote, read_round
 
 
 def listed(records: list[PseudoLabel], order: str) -> dict[str, list[str]]:
@@ -72,8 +72,7 @@ def main() -> None:
                         help="the replayed per-answer selection's answer mix")
     parser.add_argument("round", metavar="PSEUDO_LABELS_ROUND_JSONL")
     args = parser.parse_args()
-    records = [PseudoLabel.from_dict(record, f"{args.round}: line {number}")
-               for number, record in enumerate(read_jsonl(args.round), start=1)]
+    records = read_round(args.round)
     if not any(r.disputed for r in records):
         raise SystemExit(f"{args.round}: no disputed items, nothing to justify")
     datamodule = benchmark_data(args.data_root, args.task, args.config)

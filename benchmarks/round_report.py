@@ -16,36 +16,41 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from figures import accuracy, add_data_arguments, benchmark_data, read_jsonl, unlabeled_gold
+from figures import accuracy, add_data_arguments, benchmark_data, unlabeled_gold
+from semift_lightning.pseudo_labels import PseudoLabel, read_round
 
 
 def percent(part: float) -> str:
     return f"{100 * part:.1f}%"
 
 
-def view_answers(records: list[dict], view: int) -> list[dict]:
-    return [{"id": r["id"], "answer": r["view_answers"][view]} for r in records]
+def answers(records: list[PseudoLabel]) -> list[dict]:
+    return [{"id": r.id, "answer": r.answer} for r in records]
+
+
+def view_answers(records: list[PseudoLabel], view: int) -> list[dict]:
+    return [{"id": r.id, "answer": r.view_answers[view]} for r in records]
 
 
 def answer_mix(records: list[dict]) -> dict:
     return dict(sorted(Counter(str(r["answer"]) for r in records).items()))
 
 
-def report(records: list[dict], gold: dict) -> list[str]:
-    views = range(len(records[0]["view_answers"]))
-    lines = [f"pool: {len(records)} items, pseudo-label accuracy {percent(accuracy(records, gold))}, all views agree "
-             f"on {percent(sum(r['unanimous'] for r in records) / len(records))}",
-             f"gold mix: {answer_mix([{'answer': gold[r['id']]} for r in records])}"]
+def report(records: list[PseudoLabel], gold: dict) -> list[str]:
+    views = range(len(records[0].view_answers))
+    lines = [f"pool: {len(records)} items, pseudo-label accuracy {percent(accuracy(answers(records), gold))}, all "
+             f"views agree on {percent(sum(r.unanimous for r in records) / len(records))}",
+             f"gold mix: {answer_mix([{'answer': gold[r.id]} for r in records])}"]
     for i in views:
-        answers = view_answers(records, i)
-        lines.append(f"view {i + 1}: accuracy {percent(accuracy(answers, gold))}, answers {answer_mix(answers)}")
-    disputed = [r for r in records if r["disputed"]]
+        given = view_answers(records, i)
+        lines.append(f"view {i + 1}: accuracy {percent(accuracy(given, gold))}, answers {answer_mix(given)}")
+    disputed = [r for r in records if r.disputed]
     if disputed:
         right = ", ".join(f"view {i + 1} {percent(accuracy(view_answers(disputed, i), gold))}" for i in views)
-        how = "self-justification" if any(r["justified"] for r in disputed) else "majority"
+        how = "self-justification" if any(r.justified for r in disputed) else "majority"
         lines.append(f"disputed: {len(disputed)} items; right on them: {right}; final answer ({how}) "
-                     f"{percent(accuracy(disputed, gold))}")
-    selected = [r for r in records if r["selected"]]
+                     f"{percent(accuracy(answers(disputed), gold))}")
+    selected = answers([r for r in records if r.selected])
     if selected:
         lines.append(f"selected: {len(selected)} ({percent(len(selected) / len(records))}), accuracy "
                      f"{percent(accuracy(selected, gold))}, answers {answer_mix(selected)}")
@@ -60,7 +65,7 @@ def main() -> None:
     gold = unlabeled_gold(benchmark_data(args.data_root, args.task, args.config))
     for path in args.rounds:
         print(f"== {path}")
-        print("\n".join(report(read_jsonl(path), gold)))
+        print("\n".join(report(read_round(path), gold)))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from unittest import mock
 
 from semift_lightning.errors import ArgumentError
 from semift_lightning.io import read_checkpoint
+from semift_lightning.pseudo_labels import PseudoLabel, read_round
 from semift_lightning.stats import (accuracy_interval, correctness, most_common_prediction, paired, read_predictions,
                                     verdict)
 
@@ -43,7 +44,7 @@ class DemoResult:
     accuracy: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
-    round_records: list[dict] = field(default_factory=list)
+    round_records: list[PseudoLabel] = field(default_factory=list)
     pool_gold: dict[str, Optional[str]] = field(default_factory=dict)
     out: Path = Path("runs/demo")
     figure: Optional[Path] = None
@@ -109,7 +110,7 @@ def run_demo(config: str, recipe: str, out: str | Path, extra: list[str], sft_ep
     result.steps["SemiEvol"] = result.steps["SFT"] + steps
     tested("SemiEvol", "semievol", "--ckpt_path", best)
     rounds = sorted((out / "semievol" / "logs").glob("pseudo_labels_round*.jsonl"))
-    result.round_records = read_predictions(rounds[-1]) if rounds else []
+    result.round_records = read_round(rounds[-1]) if rounds else []
     return result
 
 
@@ -134,12 +135,12 @@ def table(result: DemoResult) -> str:
                  f"the tested epoch, SemiEvol's counting the SFT it started from; most common: the most common predicted "
                  f"letter and its share of the test items)")
     records = result.round_records
-    selected = [r for r in records if r["selected"]]
+    selected = [r for r in records if r.selected]
     round_line = f"pseudo-labeling round: pool {len(records)}, selected {len(selected)}"
-    known = [r for r in records if result.pool_gold.get(r["id"]) is not None]
+    known = [r for r in records if result.pool_gold.get(r.id) is not None]
     if known:
-        right = lambda rows: sum(r["answer"] == result.pool_gold[r["id"]] for r in rows)  # noqa: E731
-        chosen = [r for r in known if r["selected"]]
+        right = lambda rows: sum(r.answer == result.pool_gold[r.id] for r in rows)  # noqa: E731
+        chosen = [r for r in known if r.selected]
         round_line += (f"; against the pool's gold answers (a diagnostic): all pseudo-labels "
                        f"{100 * right(known) / len(known):.1f}% right, selected "
                        f"{100 * right(chosen) / max(len(chosen), 1):.1f}% right")
@@ -168,9 +169,9 @@ def draw(result: DemoResult) -> Optional[Path]:
     left.set_ylim(0, 105)
     left.set_title("accuracy per stage")
     scored = [r for r in result.round_records
-              if math.isfinite(r["uncertainty"]) and result.pool_gold.get(r["id"]) is not None]
+              if math.isfinite(r.uncertainty) and result.pool_gold.get(r.id) is not None]
     for name, keep in (("correct", True), ("wrong", False)):
-        values = [r["uncertainty"] for r in scored if (r["answer"] == result.pool_gold[r["id"]]) == keep]
+        values = [r.uncertainty for r in scored if (r.answer == result.pool_gold[r.id]) == keep]
         right.hist(values, bins=20, range=(0, 1), alpha=0.6, label=f"{name} ({len(values)})")
     right.set_xlabel("pseudo-label uncertainty (normalised entropy)")
     right.set_ylabel("pool items")

@@ -4,8 +4,10 @@ plain dicts (``as_dict`` / ``PseudoLabel.from_dict``)."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Optional
 
 from semift_lightning.errors import CheckpointError
@@ -95,3 +97,18 @@ class PseudoLabel:
         record = cls(**data)
         record.neighbours = [(str(key), float(similarity)) for key, similarity in record.neighbours]
         return record
+
+
+def read_round(path: str | Path) -> list[PseudoLabel]:
+    """The records of a round's ``pseudo_labels_round<N>.jsonl``; a line that is not one is a CheckpointError naming
+    the file and the line."""
+    records = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path}: line {number}: not valid JSON ({err.msg})") from None
+        records.append(PseudoLabel.from_dict(data, f"{path}: line {number}"))
+    return records

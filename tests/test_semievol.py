@@ -187,6 +187,17 @@ def test_a_pseudo_label_record_of_another_version_is_a_clear_error():
         PseudoLabel.from_dict({**old, "confidence": 0.6}, "pseudo-label 7")
 
 
+def test_a_round_file_is_read_as_records_and_a_bad_line_is_named(tmp_path):
+    from semift_lightning.errors import CheckpointError
+    from semift_lightning.pseudo_labels import read_round
+    path = tmp_path / "pseudo_labels_round1.jsonl"
+    path.write_text(json.dumps(PseudoLabel("1", 1, "A", 0.2, neighbours=[("9", 0.5)]).as_dict()) + "\n\n")
+    assert read_round(path) == [PseudoLabel("1", 1, "A", 0.2, neighbours=[("9", 0.5)])]
+    path.write_text(path.read_text() + '{"id": "2", "answer": "B"\n')
+    with pytest.raises(CheckpointError, match=r"pseudo_labels_round1.jsonl: line 3: not valid JSON"):
+        read_round(path)
+
+
 def test_gold_column_of_unlabeled_data_only_moves_the_diagnostic(tiny_model, fpb_like, tmp_path):
     def run(root, out):
         module, datamodule, trainer, _ = make(tiny_model, root, out, full_recipe())
