@@ -288,6 +288,8 @@ class SemiEvolStage(L.Callback):
             store.set_pseudo_labels([], index, epoch)
             return {"round": index, "pool": 0}
         records, metrics = self.process(context, module, store, pool, index)
+        for record in records:
+            record.round = index
         store.set_pseudo_labels(records, index, epoch)
         metrics = {"round": index, **metrics, f"{self.stage}_seconds": time.perf_counter() - start}
         context.publish(module, records, metrics, epoch)
@@ -368,8 +370,8 @@ class InContextPropagation(SemiEvolStage):
     def process(self, context, module, store, pool, index) -> tuple[list[PseudoLabel], dict]:
         with context.inference(module):
             found = self.similar(context, module, store, pool)
-        records = [PseudoLabel(example.id, index, neighbours=[(neighbour.id, similarity)
-                                                             for neighbour, similarity in found.get(example.id, [])])
+        records = [PseudoLabel(example.id, neighbours=[(neighbour.id, similarity)
+                                                      for neighbour, similarity in found.get(example.id, [])])
                    for example in pool]
         nearest = [record.neighbours[0][1] for record in records if record.neighbours]
         return records, {"nearest_similarity": sum(nearest) / len(nearest) if nearest else float("nan")}
@@ -481,7 +483,7 @@ class CollaborativeVoting(SemiEvolStage):
         with context.inference(module):
             records = self.label(context, module, store, pool, _neighbours(store, index))
         for record in records:  # every answered item, unless a selection after this callback decides otherwise
-            record.round, record.selected = index, record.selectable
+            record.selected = record.selectable
         if not any(record.selected for record in records):
             rank_zero_warn(f"pseudo-labeling round {index}: no view answered any item; training goes on with "
                            f"labeled data only")
@@ -619,15 +621,11 @@ class EntropySelection(SemiEvolStage):
     def process(self, context, module, store, pool, index) -> tuple[list[PseudoLabel], dict]:
         records = store.pseudo_labels if store.pseudo_round == index else []
         metrics: dict[str, Any] = {}
-        with context.inference(module):
-            if not any(record.voted for record in records):  # no voting this round: the student's own answers
-                student = CollaborativeVoting(views=[View()], schedule=self.schedule)
-                records = student.label(context, module, store, pool, _neighbours(store, index))
-                for record in records:
-                    record.round = index
-                metrics.update(_voting_metrics(records, store.unlabeled_gold, store.task))
-            keep_fraction = self.validation_keep_fraction(context, module, store) \
-                if self.keep_fraction == VALIDATION else None
+        if not any(record.voted for record in records):  # no voting this round: the student's own answers
+            student = CollaborativeVoting(views=[View()], schedule=self.schedule)
+            records, metrics = student.process(context, module, store, pool, index)
+        keep_fraction = self.validation_keep_fraction(context, module, store) \
+            if self.keep_fraction == VALIDATION else None
         labeled_answers = store.labeled_answers() if self.answer_mix == "labeled" else ()
         threshold = self.select(records, labeled_answers, store.task, keep_fraction)
         if self.max_pseudo_ratio is not None:
@@ -648,8 +646,9 @@ class EntropySelection(SemiEvolStage):
     def validation_keep_fraction(self, context: RoundContext, module: L.LightningModule, datamodule: Any) -> float:
         """θ from the student's accuracy on the validation split (at least one item's worth)."""
         val = datamodule.load_split("val")
-        votes = _map_pool(context, module, datamodule, "val", val, _answerer(module, datamodule.task, View()),
-                          "validation accuracy for θ")
+        with context.inference(module):
+            votes = _map_pool(context, module, datamodule, "val", val, _answerer(module, datamodule.task, View()),
+                              "validation accuracy for θ")
         right = sum(datamodule.task.is_correct(votes[e.id].answer, e) for e in val if votes[e.id].answer)
         return max(right, 1) / len(val)
 
