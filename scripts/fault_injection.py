@@ -13,7 +13,6 @@ that point (inside a file write, the file is half written first). Prints a table
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -52,7 +51,7 @@ def _die_halfway_through(write):
 def arm(point: str) -> None:
     """Patch the function where ``point`` happens so that the process dies there."""
     from semift_lightning import io as semift_io
-    from semift_lightning.module import SemiFTModule
+    from semift_lightning.student.module import SemiFTModule
 
     calls = {"n": 0}
 
@@ -141,7 +140,8 @@ def fit_and_test(config: Path, *fit_args: str, child: str | None = None) -> tupl
     fit = semift("fit", "-c", str(config), "-c", str(RECIPE), *fit_args, child=child)
     if child:
         return (fit,)
-    test = semift("test", "-c", str(config), "-c", str(RECIPE), "--ckpt_path", str(config.parent / "ckpt" / "last.ckpt"))
+    test = semift("test", "-c", str(config), "-c", str(RECIPE), "--ckpt_path",
+                  str(config.parent / "ckpt" / "last.ckpt"))
     return fit, test
 
 
@@ -171,7 +171,8 @@ def main() -> int:
     reference = outcome(out / "uninterrupted")
     print(f"uninterrupted run in {out / 'uninterrupted'}: "
           f"{sum(r['selected'] for r in reference['store']['pseudo_labels'])} of "
-          f"{len(reference['store']['pseudo_labels'])} pseudo-labels selected in round {reference['store']['pseudo_round']}")
+          f"{len(reference['store']['pseudo_labels'])} pseudo-labels selected in round "
+          f"{reference['store']['pseudo_round']}")
 
     rows, failed = [], False
     for point in points:

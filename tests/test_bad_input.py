@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from semift_lightning import DataError, SemiFTDataModule
-from semift_lightning.records import read_rows, to_examples
-from semift_lightning.tasks import get_preset
-
+from semift_lightning.data.readers import read_rows, to_examples
+from semift_lightning.tasks.registry import get_preset
 from semift_lightning.testing import sentiment_rows, write_csv
 
 MC = get_preset("multiple_choice")
@@ -204,7 +203,7 @@ def test_test_overlap_drop_lists_and_removes_the_items(tmp_path):
     with pytest.warns(UserWarning, match=r"dropped 2 item\(s\)[\s\S]*labeled.csv: row 3[\s\S]*unlabeled.csv: row 5"):
         datamodule.check_test_overlap()
     assert len(datamodule.load_split("labeled")) == 5 and len(datamodule.load_split("unlabeled")) == 4
-    assert set(datamodule.unlabeled_gold) == {e.id for e in datamodule.load_split("unlabeled")}
+    assert set(datamodule.store.pool_gold) == {e.id for e in datamodule.load_split("unlabeled")}
 
 
 def test_test_overlap_allow_warns(tmp_path):
@@ -218,8 +217,9 @@ def test_test_overlap_allow_warns(tmp_path):
 
 # ----- the semift command: checkpoints, exit codes and messages --------------------------------------------------
 def test_the_command_line_decides_the_model_and_a_lora_mismatch_is_named(tiny_model, fpb_like, tmp_path, capsys):
-    from semift_lightning.cli import main
     from test_security import fitted_run
+
+    from semift_lightning.cli import main
     config, last = fitted_run(tmp_path, tiny_model, fpb_like)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
@@ -240,8 +240,9 @@ def test_the_command_line_decides_the_model_and_a_lora_mismatch_is_named(tiny_mo
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "text", "no_state_dict"])
 def test_a_damaged_checkpoint_is_named_with_what_is_wrong(tiny_model, fpb_like, tmp_path, capsys, damage):
-    from semift_lightning.cli import main
     from test_cli import run_config
+
+    from semift_lightning.cli import main
     config = run_config(tmp_path, tiny_model, fpb_like)
     path = tmp_path / "damaged.ckpt"
     buffer = tmp_path / "good.ckpt"
@@ -260,8 +261,9 @@ def test_a_damaged_checkpoint_is_named_with_what_is_wrong(tiny_model, fpb_like, 
 
 
 def test_test_with_ckpt_path_last_and_no_checkpoint_is_an_error(tiny_model, fpb_like, tmp_path, capsys):
-    from semift_lightning.cli import main
     from test_cli import run_config
+
+    from semift_lightning.cli import main
     config = run_config(tmp_path, tiny_model, fpb_like)
     with pytest.raises(SystemExit) as exit_info:
         main(["test", "-c", config, "--ckpt_path", "last"])
@@ -276,9 +278,11 @@ def test_test_with_ckpt_path_last_and_no_checkpoint_is_an_error(tiny_model, fpb_
 
 def test_a_recipe_without_unlabeled_data_is_refused_before_training(tiny_model, fpb_like, tmp_path, monkeypatch):
     from pathlib import Path
-    from semift_lightning.cli import run
+
     from test_cli import run_config
-    monkeypatch.setattr("semift_lightning.model.ModelSource.resolve", lambda *a, **k: pytest.fail("model loaded"))
+
+    from semift_lightning.cli.command import run
+    monkeypatch.setattr("semift_lightning.student.loading.ModelSource.resolve", lambda *a, **k: pytest.fail("model loaded"))
     recipe = Path(__file__).resolve().parents[1] / "callbacks" / "self_training.yaml"
     with pytest.raises(ValueError, match="data.unlabeled: a SemiEvol recipe is configured .* but there is no "
                                          "unlabeled data"):
@@ -288,6 +292,7 @@ def test_a_recipe_without_unlabeled_data_is_refused_before_training(tiny_model, 
 def test_sigterm_ends_a_fit_with_a_failing_exit_status(tiny_model, fpb_like, tmp_path, capsys):
     import subprocess
     import sys
+
     from test_cli import run_config
     config = run_config(tmp_path, tiny_model, fpb_like, epochs=3)
     script = ("import os, signal, lightning as L\n"
@@ -302,9 +307,10 @@ def test_sigterm_ends_a_fit_with_a_failing_exit_status(tiny_model, fpb_like, tmp
 
 
 def test_predict_takes_data_without_answers(tiny_model, tmp_path):
+    from test_cli import run_config
+
     from semift_lightning.cli import main
     from semift_lightning.testing import write_fpb_like
-    from test_cli import run_config
     root = write_fpb_like(tmp_path / "data")
     rows = sentiment_rows(6, seed=9)
     write_csv(root / "fpb" / "new.csv", [{k: v for k, v in row.items() if k not in ("answer", "gt")} for row in rows])
@@ -341,8 +347,9 @@ def test_a_duplicate_csv_header_is_refused(tmp_path):
 def test_a_log_folder_in_use_by_a_live_run_is_refused(tmp_path):
     import subprocess
     import sys
-    from semift_lightning.io import RunLock
+
     from semift_lightning.errors import OutputError
+    from semift_lightning.files import RunLock
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock = RunLock(tmp_path)
@@ -361,7 +368,7 @@ def test_a_log_folder_in_use_by_a_live_run_is_refused(tmp_path):
 
 def test_truncated_model_weights_are_named(tiny_model, tmp_path):
     from semift_lightning.errors import ModelError
-    from semift_lightning.model import ModelSource
+    from semift_lightning.student.loading import ModelSource
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)
     weights = folder / "model.safetensors"
@@ -371,8 +378,9 @@ def test_truncated_model_weights_are_named(tiny_model, tmp_path):
 
 
 def test_an_input_error_prints_one_message_and_exits_2(tiny_model, fpb_like, tmp_path, capsys, monkeypatch):
-    from semift_lightning.cli import main
     from test_cli import run_config
+
+    from semift_lightning.cli import main
     config = run_config(tmp_path, tiny_model, fpb_like)
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "-c", config, "--data.labeled", "fpb/missing.csv"])
@@ -385,8 +393,8 @@ def test_an_input_error_prints_one_message_and_exits_2(tiny_model, fpb_like, tmp
 
 
 def test_scientific_notation_scores_by_value():
-    from semift_lightning.records import Example
-    from semift_lightning.tasks import get_preset
+    from semift_lightning.tasks.example import Example
+    from semift_lightning.tasks.registry import get_preset
     task = get_preset("numeric").task
     gold = Example("1", "q", "1.5e3")
     assert task.is_correct("1500", gold) and not task.is_correct("3", gold)
@@ -397,9 +405,11 @@ def test_scientific_notation_scores_by_value():
 def test_semift_refuses_a_log_folder_a_live_run_writes_into(tiny_model, fpb_like, tmp_path, capsys):
     import subprocess
     import sys
-    from semift_lightning.cli import main
-    from semift_lightning.io import RunLock
+
     from test_cli import run_config
+
+    from semift_lightning.cli import main
+    from semift_lightning.files import RunLock
     config = run_config(tmp_path, tiny_model, fpb_like)
     folder = tmp_path / "runs" / "logs"
     folder.mkdir(parents=True)
@@ -418,9 +428,10 @@ def test_semift_refuses_a_log_folder_a_live_run_writes_into(tiny_model, fpb_like
 
 
 def test_a_checkpoint_keeps_local_model_and_adapter_paths_absolute(tiny_model, tmp_path, monkeypatch):
-    from semift_lightning import SemiFTModule
-    from semift_lightning.cli import checkpoint_conflicts
     from jsonargparse import Namespace
+
+    from semift_lightning import SemiFTModule
+    from semift_lightning.cli.command import checkpoint_conflicts
     trained = SemiFTModule(model=tiny_model, lora={"r": 8})
     trained.configure_model()
     trained.export_adapter(tmp_path / "adapter")
@@ -436,7 +447,8 @@ def test_a_checkpoint_keeps_local_model_and_adapter_paths_absolute(tiny_model, t
 
 def test_files_written_atomically_get_the_permissions_of_a_plain_open(tmp_path):
     import os
-    from semift_lightning.io import atomic_write_text
+
+    from semift_lightning.files import atomic_write_text
     previous = os.umask(0o022)
     try:
         path = atomic_write_text(tmp_path / "test_predictions.jsonl", "{}\n")

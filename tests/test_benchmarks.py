@@ -24,9 +24,18 @@ def run(script: str, *args: str, cwd: Path) -> str:
     return result.stdout
 
 
+def semift(*args: str, cwd: Path) -> str:
+    """``semift ARGS``' stdout; it must succeed and leave nothing in its working folder."""
+    result = subprocess.run([sys.executable, "-c", "from semift_lightning.cli import main; main()", *args],
+                            capture_output=True, text=True, timeout=600, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not list(cwd.iterdir()), f"semift {args[0]} left files in its working folder: {list(cwd.iterdir())}"
+    return result.stdout
+
+
 def test_training_speed_benchmark_prints_both_loops_and_their_ratio(tiny_model, fpb_like, tmp_path):
     (tmp_path / "cwd").mkdir()
-    out = run("speed_training.py", "--data-root", str(fpb_like), "--model", tiny_model, "--batch-size", "4",
+    out = run("speed/speed_training.py", "--data-root", str(fpb_like), "--model", tiny_model, "--batch-size", "4",
               "--gradient-checkpointing", cwd=tmp_path / "cwd")
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| ours") or line.startswith("| plain")]
     assert [row[1].strip() for row in rows] == ["ours", "ours, checkpointed", "plain"]
@@ -40,7 +49,7 @@ def test_training_speed_benchmark_compares_quantized_bases(fpb_like, tmp_path):
     from semift_lightning.testing import make_tiny_model
     wide = make_tiny_model(tmp_path / "wide", hidden_size=64)  # bitsandbytes' blocks of 64
     (tmp_path / "cwd").mkdir()
-    out = run("speed_training.py", "--data-root", str(fpb_like), "--model", str(wide), "--batch-size", "4",
+    out = run("speed/speed_training.py", "--data-root", str(fpb_like), "--model", str(wide), "--batch-size", "4",
               "--quantization", "--max-steps", "3", cwd=tmp_path / "cwd")
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| ours")]
     assert [row[1].strip() for row in rows] == ["ours", "ours, nf4", "ours, int8"]
@@ -50,7 +59,7 @@ def test_training_speed_benchmark_compares_quantized_bases(fpb_like, tmp_path):
 
 
 def test_model_flops_count_every_decoder_call_and_every_position_the_head_sees(tiny_model):
-    sys.path.insert(0, str(BENCHMARKS))
+    sys.path.insert(0, str(BENCHMARKS / "speed"))
     from measure import ModelFlops
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
@@ -65,7 +74,7 @@ def test_model_flops_count_every_decoder_call_and_every_position_the_head_sees(t
 
 def test_pseudo_labeling_speed_benchmark_prints_both_rates(tiny_model, fpb_like, tmp_path):
     (tmp_path / "cwd").mkdir()
-    out = run("speed_pseudo_labeling.py", "--data-root", str(fpb_like), "--model", tiny_model, "--items", "8",
+    out = run("speed/speed_pseudo_labeling.py", "--data-root", str(fpb_like), "--model", tiny_model, "--items", "8",
               "--max-new-tokens", "4", "--question-last", cwd=tmp_path / "cwd")
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| ours") or line.startswith("| reference")]
     assert [row[1].strip() for row in rows] == ["ours", "reference"]
@@ -83,7 +92,7 @@ def test_compare_prints_intervals_paired_differences_and_answer_pile_ups(tmp_pat
     baseline = predictions("sft", gold[:10] + ["B", "B"] + ["A"] * 8)  # right on the first 10 only
     always_a = predictions("collapsed", ["A"] * 20)
     (tmp_path / "cwd").mkdir()
-    out = run("compare.py", baseline, always_a, cwd=tmp_path / "cwd").splitlines()
+    out = semift("compare", baseline, always_a, cwd=tmp_path / "cwd").splitlines()
     low, high = map(float, re.search(r"sft.jsonl: accuracy 0.5000 \[(\S+), (\S+)\] \(baseline\)$", out[1]).groups())
     assert 0.2 < low < 0.5 < high < 0.8
     assert out[2] == ("  most common prediction 'A' on 18 of 20 items (90.0%); answering 'A' to every item would "
@@ -103,7 +112,7 @@ def test_figures_are_drawn_from_run_files(fpb_like, tmp_path):
     pseudo.write_text("".join(json.dumps({"id": str(i + 1), "answer": "ABC"[i % 3], "uncertainty": i / 30,
                                           "unanimous": True, "selected": False}) + "\n" for i in range(30)))
     (tmp_path / "cwd").mkdir()
-    out = run("figures.py", "--data-root", str(fpb_like), "--test", f"SFT={predictions}", "--round", f"round1={pseudo}",
+    out = run("experiments/figures.py", "--data-root", str(fpb_like), "--test", f"SFT={predictions}", "--round", f"round1={pseudo}",
               "--theta-test", f"0.7={predictions}", "--theta-test", f"0.3={predictions}", "--theta-test",
               f"1 view:1.0={predictions}", "--theta-reference", f"SFT={predictions}",
               "--out", str(tmp_path / "figures"), cwd=tmp_path / "cwd")
@@ -118,8 +127,7 @@ def test_figures_are_drawn_from_run_files(fpb_like, tmp_path):
 
 
 def test_round_report_scores_each_view_the_disputes_and_the_selection(fpb_like, tmp_path):
-    sys.path.insert(0, str(BENCHMARKS))
-    from figures import benchmark_data, unlabeled_gold
+    from semift_lightning.analysis.report import benchmark_data, unlabeled_gold
     gold = unlabeled_gold(benchmark_data(str(fpb_like), "fpb"))
     wrong = {answer: "ABC"[("ABC".index(answer) + 1) % 3] for answer in "ABC"}
     records = [{"id": key, "view_answers": [answer, wrong[answer] if i < 10 else answer], "unanimous": i >= 10,
@@ -128,7 +136,7 @@ def test_round_report_scores_each_view_the_disputes_and_the_selection(fpb_like, 
     pseudo = tmp_path / "pseudo_labels_round1.jsonl"
     pseudo.write_text("".join(json.dumps(record) + "\n" for record in records))
     (tmp_path / "cwd").mkdir()
-    out = run("round_report.py", "--data-root", str(fpb_like), str(pseudo), cwd=tmp_path / "cwd")
+    out = semift("report", "--data-root", str(fpb_like), str(pseudo), cwd=tmp_path / "cwd")
     assert "pool: 30 items, pseudo-label accuracy 50.0%, all views agree on 66.7%" in out
     assert "view 1: accuracy 100.0%" in out and "view 2: accuracy 66.7%" in out
     assert "disputed: 10 items; right on them: view 1 100.0%, view 2 0.0%; final answer (self-justification) 50.0%" in out
@@ -136,15 +144,19 @@ def test_round_report_scores_each_view_the_disputes_and_the_selection(fpb_like, 
     config = tmp_path / "config.yaml"  # as a run saves it: the gold comes from its data section
     config.write_text(yaml.safe_dump({"trainer": {"max_epochs": 1}, "data": {
         "task": "fpb", "root": str(fpb_like), "unlabeled": "fpb/unlabeled.csv", "sizes": {"unlabeled": None}}}))
-    assert run("round_report.py", "--config", str(config), str(pseudo), cwd=tmp_path / "cwd") == out
+    assert semift("report", "--config", str(config), str(pseudo), cwd=tmp_path / "cwd") == out
 
 
 def semievol_fit(tiny_model, fpb_like, tmp_path, epochs=1, **fit):
     """A one-round SemiEvol fit of the tiny model that keeps every epoch's checkpoint in ``tmp_path/ckpt``; returns
     the training-set size of each epoch."""
     import lightning as L
+
     from semift_lightning import SemiFTDataModule, SemiFTModule
-    from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation, View
+    from semift_lightning.semievol.propagation import InContextPropagation
+    from semift_lightning.semievol.selection import EntropySelection
+    from semift_lightning.semievol.views import View
+    from semift_lightning.semievol.voting import CollaborativeVoting
     L.seed_everything(7)
     module = SemiFTModule(model=tiny_model, optimizer={"lr": 0.01}, lora={"r": 8})
     datamodule = SemiFTDataModule(task="fpb", root=str(fpb_like), labeled="fpb/labeled.csv",
@@ -165,7 +177,7 @@ def semievol_fit(tiny_model, fpb_like, tmp_path, epochs=1, **fit):
 def test_justification_order_replays_a_rounds_disputes_with_its_checkpoint(tiny_model, fpb_like, tmp_path):
     semievol_fit(tiny_model, fpb_like, tmp_path)
     (tmp_path / "cwd").mkdir()
-    out = run("justification_order.py", "--data-root", str(fpb_like), "--checkpoint",
+    out = run("experiments/justification_order.py", "--data-root", str(fpb_like), "--checkpoint",
               str(tmp_path / "ckpt" / "epoch=0-step=6.ckpt"), str(tmp_path / "logs" / "pseudo_labels_round1.jsonl"),
               cwd=tmp_path / "cwd")
     disputed = int(re.search(r": 30 items, (\d+) disputed", out).group(1))
@@ -184,7 +196,7 @@ def test_reselected_checkpoint_resumes_on_the_new_selection(tiny_model, fpb_like
     (tmp_path / "cwd").mkdir()
     kept = {}
     for theta in ("1.0", "0.25"):
-        out = run("reselect_checkpoint.py", "--data-root", str(fpb_like), "--keep-fraction", theta, str(round_end),
+        out = run("experiments/reselect_checkpoint.py", "--data-root", str(fpb_like), "--keep-fraction", theta, str(round_end),
                   str(tmp_path / f"theta{theta}.ckpt"), cwd=tmp_path / "cwd")
         before, kept[theta] = map(int, re.search(r"30 items, (\d+) selected; .* (\d+) selected$", out).groups())
     assert round_end.read_bytes() == original
@@ -210,7 +222,7 @@ def test_semievol_vs_sft_runs_the_four_runs_and_matches_semievols_steps(tiny_mod
     (tmp_path / "cwd").mkdir()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "COMMON_ARGS": "--data.sizes.test 10"}
-    result = subprocess.run(["bash", str(BENCHMARKS / "semievol_vs_sft.sh"), str(config), str(fpb_like),
+    result = subprocess.run(["bash", str(BENCHMARKS / "experiments/semievol_vs_sft.sh"), str(config), str(fpb_like),
                              str(REPO / "callbacks" / "semievol_light.yaml"), "--trainer.max_epochs=2",
                              "--semievol.warmup_epochs=1"],
                             capture_output=True, text=True, timeout=900, cwd=tmp_path / "cwd", env=env)
@@ -230,7 +242,7 @@ def test_gpu_run_runs_both_speed_benchmarks_and_the_fpb_pair_from_any_folder(tin
     model.symlink_to(tiny_model, target_is_directory=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "COMMON_ARGS": "--model.lora.r 8"}
-    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_run.sh"), str(fpb_like), str(model), "8"],
+    result = subprocess.run(["bash", str(BENCHMARKS / "speed/gpu_run.sh"), str(fpb_like), str(model), "8"],
                             capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
@@ -248,7 +260,7 @@ def test_gpu_run_runs_both_speed_benchmarks_and_the_fpb_pair_from_any_folder(tin
 def test_learning_curve_runs_every_method_and_reports_pooled_intervals(tiny_model, fpb_like, tmp_path):
     (tmp_path / "cwd").mkdir()
     out, runs = tmp_path / "out", tmp_path / "runs"
-    run("learning_curve.py", "--data-root", str(fpb_like), "--model", tiny_model, "--precision", "32-true",
+    run("experiments/learning_curve.py", "--data-root", str(fpb_like), "--model", tiny_model, "--precision", "32-true",
         "--budgets", "12", "--seeds", "0", "--sft-steps", "4", "--post-round-epochs", "1", "--out", str(out),
         "--runs", str(runs), cwd=tmp_path / "cwd")
     summary = json.loads((out / "summary.json").read_text())
@@ -262,7 +274,7 @@ def test_learning_curve_runs_every_method_and_reports_pooled_intervals(tiny_mode
     assert sft["chosen"] in sft["curve"] and picked["curve"] == [picked["chosen"]]  # the round, then one epoch
     assert summary["fpb_3pct_seed0_sft_equal_steps"]["steps"] == picked["steps"] == sft["steps"] + picked["chosen"]["step"]
     assert "selected" in picked["round"] and not list(runs.glob("*/logs/checkpoints/*.ckpt"))
-    report = run("learning_curve_report.py", "--results", str(out), "--figure", str(tmp_path / "fig" / "curve.png"),
+    report = run("experiments/learning_curve_report.py", "--results", str(out), "--figure", str(tmp_path / "fig" / "curve.png"),
                  "--resamples", "200", cwd=tmp_path / "cwd")
     rows = [line for line in report.splitlines() if line.startswith("| 3% |")]
     assert len(rows) == 5 and any(f"semievol ({chosen})" in row for row in rows)

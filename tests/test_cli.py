@@ -43,7 +43,7 @@ def test_print_config_shows_the_schedule_that_runs(capsys, monkeypatch):
 def test_all_bad_arguments_reported_at_once_before_loading(monkeypatch):
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the arguments were checked")
-    monkeypatch.setattr("semift_lightning.model.ModelSource.resolve", no_loading)
+    monkeypatch.setattr("semift_lightning.student.loading.ModelSource.resolve", no_loading)
     with pytest.raises(ValueError) as err:
         run(["fit", "--model.lora.r", "0", "--model.optimizer.lr", "-1", "--data.source", "x.csv",
               "--data.split_fractions", "[0.5, 0.3, 0.3]", "--data.batch_size", "0", "--data.test_overlap", "maybe",
@@ -107,8 +107,9 @@ def test_fit_then_test_round_trip(tmp_path, tiny_model, fpb_like):
 
 
 def test_export_and_merge(tmp_path, tiny_model, fpb_like):
-    from semift_lightning import SemiFTModule
     from transformers import AutoModelForCausalLM
+
+    from semift_lightning import SemiFTModule
     module = SemiFTModule(model=tiny_model)
     module.configure_model()
     for name, param in module.model.named_parameters():
@@ -143,10 +144,10 @@ def test_recipe_composes_with_a_task_config(tmp_path, tiny_model, fpb_like, reci
 
 def test_semievol_schedule_is_set_once_for_every_callback(tmp_path, tiny_model, fpb_like):
     from semift_lightning import SemiFTDataModule, SemiFTModule
-    from semift_lightning.callbacks import SemiEvolStage
-    from semift_lightning.cli import SemiFTCLI
+    from semift_lightning.cli.command import SemiFTCLI
+    from semift_lightning.semievol.stage import SemiEvolStage
     config = run_config(tmp_path, tiny_model, fpb_like)
-    from semift_lightning.callbacks import Schedule
+    from semift_lightning.semievol.schedule import Schedule
     recipe = str(REPO / "callbacks" / "semievol_light.yaml")
     cli = SemiFTCLI(SemiFTModule, SemiFTDataModule, run=False,
                     args=["-c", config, "-c", recipe, "--semievol.warmup_epochs", "3", "--semievol.rounds", "2"])
@@ -159,14 +160,14 @@ def test_semievol_schedule_is_set_once_for_every_callback(tmp_path, tiny_model, 
 
 
 def test_semievol_schedule_without_a_callback_is_an_error(monkeypatch):
-    monkeypatch.setattr("semift_lightning.model.ModelSource.resolve", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("semift_lightning.student.loading.ModelSource.resolve", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ValueError, match=r"semievol: sets warmup_epochs, rounds but no SemiEvol callback is "
-                                         r"configured \(propagation, voting, selection\)"):
+                                         r"configured \(propagation, voting, selection, restart\)"):
         run(["fit", "--semievol.warmup_epochs", "3", "--semievol.rounds", "2"])
 
 
 def test_a_bad_semievol_schedule_is_reported_once(tmp_path, tiny_model, fpb_like, monkeypatch):
-    monkeypatch.setattr("semift_lightning.model.ModelSource.resolve", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("semift_lightning.student.loading.ModelSource.resolve", lambda *a, **k: pytest.fail("model loaded"))
     config = run_config(tmp_path, tiny_model, fpb_like)
     with pytest.raises(ValueError) as error:
         run(["fit", "-c", config, "-c", str(REPO / "callbacks" / "semievol_light.yaml"),
@@ -181,7 +182,7 @@ def test_a_bad_semievol_schedule_is_reported_once(tmp_path, tiny_model, fpb_like
 def test_unwritable_log_folder_fails_before_the_model_loads(tmp_path, tiny_model, fpb_like, monkeypatch):
     config = run_config(tmp_path, tiny_model, fpb_like)
     (tmp_path / "runs").write_text("a file where the log folder should be")
-    monkeypatch.setattr("semift_lightning.module.SemiFTModule.configure_model",
+    monkeypatch.setattr("semift_lightning.student.module.SemiFTModule.configure_model",
                         lambda self: pytest.fail("the model loaded before the output check"))
     with pytest.raises(OSError, match=r"the run's outputs cannot be written:\n- .*runs/logs: cannot write there"):
         run(["fit", "-c", config])
@@ -205,7 +206,10 @@ def test_every_task_config_logs_the_learning_rate(path):
 def test_argument_checks_assume_the_defaults_the_classes_have():
     import dataclasses
     import inspect
-    from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation
+
+    from semift_lightning.semievol.propagation import InContextPropagation
+    from semift_lightning.semievol.selection import EntropySelection
+    from semift_lightning.semievol.voting import CollaborativeVoting
     for cls in (SemiFTDataModule, SemiFTModule, InContextPropagation, CollaborativeVoting, EntropySelection):
         init = inspect.signature(cls.__init__).parameters
         for name, parameter in inspect.signature(cls.argument_problems).parameters.items():
@@ -228,7 +232,7 @@ def test_every_recipe_runs_its_round_on_a_numeric_task(tmp_path, tiny_model, rec
             "convfinqa/unlabeled.csv", "--data.test", "convfinqa/test.csv", "--model.max_new_tokens", "4",
             "--semievol.warmup_epochs", "1", "--semievol.rounds", "1"]
     if recipe == "label_propagation.yaml":  # label propagation and the labeled answer mix need shared options
-        monkeypatch.setattr("semift_lightning.model.ModelSource.load_model",
+        monkeypatch.setattr("semift_lightning.student.loading.ModelSource.load_model",
                             lambda *a, **k: pytest.fail("the model loaded before the refusal"))
         with pytest.raises(ValueError, match="closed-form|share their options"):
             main(args)

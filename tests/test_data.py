@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from semift_lightning.datamodule import LengthGroupedSampler, SemiFTDataModule
-from semift_lightning.model import ModelSource
-from semift_lightning.prompts import PromptBuilder
-from semift_lightning.records import DataError, Example, read_rows, split_examples, subsample, to_examples
-from semift_lightning.sources import COMPLETE_MARKER, fetch_pypi_asset, publish
-from semift_lightning.tasks import get_preset
-
+from semift_lightning.assets import COMPLETE_MARKER, fetch_pypi_asset, publish
+from semift_lightning.data.datamodule import SemiFTDataModule
+from semift_lightning.data.prompts import PromptBuilder
+from semift_lightning.data.readers import read_rows, to_examples
+from semift_lightning.data.sampler import LengthGroupedSampler
+from semift_lightning.data.splits import split_examples, subsample
+from semift_lightning.errors import DataError
+from semift_lightning.student.loading import ModelSource
+from semift_lightning.tasks.example import Example
+from semift_lightning.tasks.registry import get_preset
 from semift_lightning.testing import sentiment_rows, write_csv
 
 FPB = get_preset("fpb")

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from semift_lightning.cli import main
-from semift_lightning.testing import SENTIMENT, WORDS
+from semift_lightning.tasks.registry import SENTIMENT
+from semift_lightning.testing import WORDS
 
 REPO = Path(__file__).resolve().parents[1]
 

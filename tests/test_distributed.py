@@ -8,7 +8,10 @@ import lightning as L
 import torch
 
 from semift_lightning import SemiFTDataModule, SemiFTModule
-from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, InContextPropagation, View
+from semift_lightning.semievol.propagation import InContextPropagation
+from semift_lightning.semievol.selection import EntropySelection
+from semift_lightning.semievol.views import View
+from semift_lightning.semievol.voting import CollaborativeVoting
 
 
 class TrainingSetWriter(L.Callback):

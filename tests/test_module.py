@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from semift_lightning import SemiFTDataModule, SemiFTModule
-from semift_lightning.datamodule import Collator
-from semift_lightning.module import shared_prefix_length
+from semift_lightning.data.batch import Collator
+from semift_lightning.student.inference import shared_prefix_length
 
 
 def _loss_and_grads(module: SemiFTModule, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -113,7 +113,7 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_loss_and_gr
 
 
 def test_free_form_uncertainty_is_the_nll_of_the_answer_span(tiny_model, fpb_like):
-    from semift_lightning.module import token_positions
+    from semift_lightning.student.inference import token_positions
     module, batch = _module_and_batch(tiny_model, fpb_like)
     module.eval()
     texts, whole = module.generate_with_nll(batch, max_new_tokens=6)
@@ -133,6 +133,7 @@ def test_free_form_uncertainty_is_the_nll_of_the_answer_span(tiny_model, fpb_lik
 
 def test_generation_runs_in_step_across_ranks_when_the_weights_are_sharded(tiny_model, fpb_like, monkeypatch):
     from types import SimpleNamespace
+
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
     module, batch = _module_and_batch(tiny_model, fpb_like)
     seen = []

@@ -22,7 +22,7 @@ def test_plug_in_notebook_runs_the_callbacks_in_a_foreign_module(tiny_model, fpb
             "max_length": 256}
     out = run_notebook("plug_in_callbacks.ipynb", monkeypatch, SEMIFT_NB_MODEL=tiny_model,
                        SEMIFT_NB_DATA=json.dumps(data), SEMIFT_NB_OUT=str(tmp_path))
-    records, trainer = out["datamodule"].pseudo_labels, out["trainer"]
+    records, trainer = out["datamodule"].store.records, out["trainer"]
     selected = [r for r in records if r.selected]
     assert len(records) == 30 and 0 < len(selected) <= 12
     assert len(trainer.train_dataloader.dataset) == 24 + len(selected)

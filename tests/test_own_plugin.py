@@ -12,23 +12,37 @@ from peft import LoraConfig, get_peft_model
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from semift_lightning.callbacks import STAGES, CollaborativeVoting, EntropySelection, InContextPropagation, Schedule, View
-from semift_lightning.pseudo_labels import PseudoLabel
-from semift_lightning.records import Example
-from semift_lightning.tasks import get_preset
+from semift_lightning.semievol.context import RoundContext
+from semift_lightning.semievol.propagation import InContextPropagation
+from semift_lightning.semievol.restart import RestartStudent
+from semift_lightning.semievol.schedule import Schedule
+from semift_lightning.semievol.selection import EntropySelection
+from semift_lightning.semievol.stage import SemiEvolStage, run_round
+from semift_lightning.semievol.store import PseudoLabelStore
+from semift_lightning.semievol.views import View
+from semift_lightning.semievol.voting import CollaborativeVoting
+from semift_lightning.tasks.example import Example
+from semift_lightning.tasks.kinds import MultipleChoiceTask
 
 LETTERS = "ABCDEFGHIJ"
 
 
+class Polarity(MultipleChoiceTask):
+    """A task of one's own: sentiment, asked as polarity (closed_form, parse, is_correct, proposed_answer and
+    answer_key come from the base class)."""
+
+    def user_content(self, example, candidates=()):
+        return "Polarity of: " + super().user_content(example, candidates)
+
+
 class OwnData(L.LightningDataModule):
-    """Sentiment rows from JSON files; plain-text prompts; the pseudo-label store of the contract."""
+    """Sentiment rows from JSON files; plain-text prompts; a ``PseudoLabelStore`` it delegates its state to."""
 
     def __init__(self, files: dict, tokenizer, seed: int = 0):
         super().__init__()
         self.files, self.tokenizer, self.seed = files, tokenizer, seed
-        self.task = get_preset("fpb").task  # closed_form, parse, is_correct, proposed_answer, answer_key
-        self.pseudo_labels, self.pseudo_round, self.pseudo_epoch = [], 0, -1
-        self.unlabeled_gold = {}
+        self.task = Polarity("polarity", "Answer with the letter of the polarity.", ("negative", "neutral", "positive"))
+        self.store = PseudoLabelStore()
         self.trained_on = {}  # epoch -> the (id, answer) pairs its training set held (for the test)
 
     def load_split(self, name):
@@ -37,7 +51,7 @@ class OwnData(L.LightningDataModule):
         examples = [Example(f"{name}{i}", row["text"], row["label"] if name != "unlabeled" else None, options)
                     for i, row in enumerate(rows)]
         if name == "unlabeled":
-            self.unlabeled_gold = {f"{name}{i}": row["label"] for i, row in enumerate(rows)}
+            self.store.pool_gold = {f"{name}{i}": row["label"] for i, row in enumerate(rows)}
         return examples
 
     def prompt(self, example, demonstrations=(), candidates=None):
@@ -64,23 +78,17 @@ class OwnData(L.LightningDataModule):
                                                                    candidates.get(e.id))), e) for e in examples]
         return DataLoader(items[rank::world_size], batch_size=8, collate_fn=self.batch)
 
-    def set_pseudo_labels(self, records, round_index, epoch=None):
-        self.pseudo_labels, self.pseudo_round = list(records), round_index
-        self.pseudo_epoch = self.trainer.current_epoch if epoch is None else epoch
-
     def state_dict(self):
-        return {"records": [r.as_dict() for r in self.pseudo_labels], "round": self.pseudo_round,
-                "epoch": self.pseudo_epoch}
+        return self.store.state_dict()
 
     def load_state_dict(self, state):
-        self.pseudo_labels = [PseudoLabel.from_dict(r) for r in state["records"]]
-        self.pseudo_round, self.pseudo_epoch = state["round"], state["epoch"]
+        self.store.load_state_dict(state)
 
     def train_dataloader(self):
         epoch = self.trainer.current_epoch
         pool = {e.id: e for e in self.load_split("unlabeled")}
         pseudo = [Example(r.id, pool[r.id].question, r.answer, pool[r.id].options)
-                  for r in self.pseudo_labels if r.selected and epoch > self.pseudo_epoch]
+                  for r in self.store.selected(epoch)]
         examples = self.load_split("labeled") + pseudo
         self.trained_on[epoch] = sorted((e.id, e.answer) for e in pseudo)
         items = [(self.encode(self.prompt(e) + " " + e.answer), e) for e in examples]
@@ -125,6 +133,14 @@ class OwnModule(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=0.01)
 
+    def restart_adapter(self):
+        """A fresh adapter: LoRA's own initialisation (B zero), and the optimizer's state cleared."""
+        for name, weight in self.model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.zeros_(weight)
+        for optimizer in (self.trainer.optimizers if self._trainer else []):
+            optimizer.state.clear()
+
 
 class Killed(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -132,15 +148,29 @@ class Killed(L.Callback):
             raise RuntimeError("killed")
 
 
-def fit(tiny_model, files, folder, killed=False, resume=False):
+def recipe(warmup_epochs=1, restart=False):
+    schedule = Schedule(warmup_epochs=warmup_epochs)
+    return [InContextPropagation(k=2, schedule=schedule),
+            CollaborativeVoting(views=[View(k=2), View(k=0)], schedule=schedule),
+            EntropySelection(keep_fraction=0.5, per_answer=True, schedule=schedule),
+            *([RestartStudent(schedule=schedule)] if restart else [])]
+
+
+def write_files(folder):
+    from semift_lightning.testing import sentiment_rows
+    files = {}
+    for split, count, seed in (("labeled", 24, 1), ("unlabeled", 30, 2)):
+        rows = [{"text": row["question"], "label": row["answer"]} for row in sentiment_rows(count, seed)]
+        files[split] = str(folder / f"{split}.json")
+        (folder / f"{split}.json").write_text(json.dumps(rows))
+    return files
+
+
+def fit(tiny_model, files, folder, killed=False, resume=False, restart=False):
     L.seed_everything(5)
     module = OwnModule(tiny_model)
     data = OwnData(files, module.tokenizer)
-    schedule = Schedule(warmup_epochs=1)
-    callbacks = [InContextPropagation(k=2, schedule=schedule),
-                 CollaborativeVoting(views=[View(k=2), View(k=0)], schedule=schedule),
-                 EntropySelection(keep_fraction=0.5, per_answer=True, schedule=schedule),
-                 L.pytorch.callbacks.ModelCheckpoint(folder / "ckpt", save_last=True),
+    callbacks = [*recipe(restart=restart), L.pytorch.callbacks.ModelCheckpoint(folder / "ckpt", save_last=True),
                  *([Killed()] if killed else [])]
     trainer = L.Trainer(max_epochs=2, default_root_dir=folder, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=callbacks)
@@ -150,23 +180,48 @@ def fit(tiny_model, files, folder, killed=False, resume=False):
 
 def test_own_module_and_own_datamodule_resume_after_the_round_on_the_same_pseudo_labels(tiny_model, tmp_path,
                                                                                        monkeypatch):
-    from semift_lightning.testing import sentiment_rows
-    files = {}
-    for split, count, seed in (("labeled", 24, 1), ("unlabeled", 30, 2)):
-        rows = [{"text": row["question"], "label": row["answer"]} for row in sentiment_rows(count, seed)]
-        files[split] = str(tmp_path / f"{split}.json")
-        (tmp_path / f"{split}.json").write_text(json.dumps(rows))
-
+    files = write_files(tmp_path)
     whole = fit(tiny_model, files, tmp_path / "whole")
-    assert whole.pseudo_round == 1 and 0 < sum(r.selected for r in whole.pseudo_labels) < 30
-    assert all(len(r.neighbours) == 2 and len(r.view_answers) == 2 for r in whole.pseudo_labels)
+    assert whole.store.round == 1 and 0 < sum(r.selected for r in whole.store.records) < 30
+    assert all(len(r.neighbours) == 2 and len(r.view_answers) == 2 for r in whole.store.records)
 
     with pytest.raises(RuntimeError, match="killed"):
         fit(tiny_model, files, tmp_path / "killed", killed=True)
     stages_run = []
-    for stage in STAGES:
+    for stage in (InContextPropagation, CollaborativeVoting, EntropySelection):
         monkeypatch.setattr(stage, "run", lambda self, *a: stages_run.append(type(self).__name__))
     resumed = fit(tiny_model, files, tmp_path / "killed", resume=True)
     assert stages_run == []  # the finished round came back from the checkpoint: no stage ran again
-    assert resumed.pseudo_labels == whole.pseudo_labels
+    assert resumed.store.records == whole.store.records
     assert resumed.trained_on[1] == whole.trained_on[1] and resumed.trained_on[1]  # the same pseudo-labels trained
+
+
+def test_own_task_and_own_store_holding_datamodule_run_a_round_without_a_trainer_and_in_a_fit_with_restart(
+        tiny_model, tmp_path):
+    files = write_files(tmp_path)
+    L.seed_everything(5)
+    module = OwnModule(tiny_model)
+    data = OwnData(files, module.tokenizer)
+    with torch.no_grad():
+        for name, weight in module.model.named_parameters():
+            if "lora_B" in name:
+                weight.fill_(0.1)  # a trained adapter, which the restart resets
+    metrics = run_round(module, data, recipe(restart=True), context=RoundContext(module.device, tmp_path / "alone"))
+    assert data.store.round == 1 and data.store.stages_done == {"propagation": 1, "voting": 1, "selection": 1,
+                                                                "restart": 1}
+    assert 0 < metrics["selected"] == sum(r.selected for r in data.store.records) < 30
+    assert "restart_seconds" in metrics and (tmp_path / "alone" / "pseudo_labels_round1.jsonl").exists()
+    assert all(not weight.any() for name, weight in module.model.named_parameters() if "lora_B" in name)
+
+    restarted = fit(tiny_model, files, tmp_path / "fit", restart=True)
+    assert restarted.store.stages_done == {"propagation": 1, "voting": 1, "selection": 1, "restart": 1}
+    assert restarted.trained_on[1] == sorted((r.id, r.answer) for r in restarted.store.records if r.selected)
+    assert all(issubclass(kind, SemiEvolStage) for kind in (RestartStudent, EntropySelection))
+
+
+def test_run_round_refuses_stages_out_of_order(tiny_model, tmp_path):
+    module = OwnModule(tiny_model)
+    data = OwnData(write_files(tmp_path), module.tokenizer)
+    with pytest.raises(ValueError, match="got EntropySelection, CollaborativeVoting"):
+        run_round(module, data, [EntropySelection(), CollaborativeVoting()])
+    assert data.store.round == 0  # nothing ran

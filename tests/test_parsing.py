@@ -1,6 +1,6 @@
 import pytest
 
-from semift_lightning.parsing import numbers_match, parse_choice, parse_number, texts_match
+from semift_lightning.tasks.parsing import numbers_match, parse_choice, parse_number, texts_match
 
 SENTIMENT = ["negative", "neutral", "positive"]
 ABCD = ["Paris", "London", "Berlin", "Rome"]
@@ -70,8 +70,8 @@ def test_texts_match():
 
 
 def test_the_answer_span_is_where_the_parsed_answer_stands_in_the_text():
-    from semift_lightning.parsing import number_span
-    from semift_lightning.tasks import get_preset
+    from semift_lightning.tasks.parsing import number_span
+    from semift_lightning.tasks.registry import get_preset
     text = "Revenue was 3 units; the answer is **1,500** dollars."
     start, end = number_span(text)
     assert text[start:end] == "1,500" and parse_number(text) == (1500.0, False)

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoTokenizer
 
 from semift_lightning import SemiFTDataModule
-from semift_lightning.callbacks import EntropySelection
+from semift_lightning.semievol.selection import EntropySelection
 
 
 def test_a_module_missing_the_contract_gets_a_clear_error(tiny_model, fpb_like, tmp_path):
@@ -44,8 +44,11 @@ def absent(name):
 
 def test_a_closed_form_setup_without_propagation_needs_no_generation_or_hidden_states(tiny_model, fpb_like, tmp_path):
     from test_semievol import make
+
     from semift_lightning import SemiFTModule
-    from semift_lightning.callbacks import CollaborativeVoting, EntropySelection, View
+    from semift_lightning.semievol.selection import EntropySelection
+    from semift_lightning.semievol.views import View
+    from semift_lightning.semievol.voting import CollaborativeVoting
 
     class ScoringOnly(SemiFTModule):
         generate_with_nll = absent("generate_with_nll")
@@ -57,15 +60,16 @@ def test_a_closed_form_setup_without_propagation_needs_no_generation_or_hidden_s
     datamodule.connect(module.tokenizer, module.max_context_length)
     module.share_prompt_prefix = True  # every pass continues a shared opening: no plain hidden_states pass
     trainer.fit(module, datamodule)
-    assert datamodule.pseudo_round == 1
+    assert datamodule.store.round == 1
 
 
 def test_a_datamodule_whose_state_does_not_reach_checkpoints_is_refused(tiny_model, fpb_like, tmp_path):
     import lightning as L
     import pytest
     from test_semievol import make
+
     from semift_lightning import SemiFTDataModule
-    from semift_lightning.callbacks import EntropySelection
+    from semift_lightning.semievol.selection import EntropySelection
 
     class Stateless(SemiFTDataModule):
         state_dict = L.LightningDataModule.state_dict
@@ -81,7 +85,8 @@ def test_a_datamodule_whose_state_does_not_reach_checkpoints_is_refused(tiny_mod
 
 
 def test_our_module_and_datamodule_offer_every_protocol_of_the_contract(tiny_model, fpb_like):
-    from semift_lightning import SemiFTDataModule, SemiFTModule, contract
+    from semift_lightning import SemiFTDataModule, SemiFTModule
+    from semift_lightning.semievol import contract
 
     module = SemiFTModule(model=tiny_model, lora={"r": 8})
     module.configure_model()
@@ -89,8 +94,7 @@ def test_our_module_and_datamodule_offer_every_protocol_of_the_contract(tiny_mod
     for protocol in (contract.OptionScorer, contract.Generator, contract.HiddenStates, contract.PeftStudent,
                      contract.RestartableStudent):
         assert contract.members(protocol) and contract.missing(module, protocol) == []
-    for protocol in (contract.PseudoLabelStore, contract.LabeledAnswers):
+    for protocol in (contract.RoundData, contract.LabeledAnswers):
         assert contract.missing(datamodule, protocol) == []
-    assert contract.members(contract.PseudoLabelStore) == [
-        "task", "pseudo_labels", "pseudo_round", "unlabeled_gold", "load_split", "pool_loader", "set_pseudo_labels", "state_dict",
-        "load_state_dict"]
+    assert contract.members(contract.RoundData) == ["task", "store", "load_split", "pool_loader", "state_dict",
+                                                    "load_state_dict"]

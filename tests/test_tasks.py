@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from semift_lightning.model import ModelSource
-from semift_lightning.prompts import PromptBuilder
-from semift_lightning.records import to_examples
-from semift_lightning.tasks import PRESETS, get_preset
+from semift_lightning.data.prompts import PromptBuilder
+from semift_lightning.data.readers import to_examples
+from semift_lightning.student.loading import ModelSource
+from semift_lightning.tasks.registry import PRESETS, get_preset
 
 MC4 = json.dumps(["red", "green", "blue", "black"])
 ROWS = {
@@ -70,7 +70,8 @@ def test_fixed_options_serve_rows_without_an_options_column():
 
 def test_user_content_keeps_semievols_order_unless_the_question_goes_last():
     from dataclasses import replace
-    from semift_lightning.records import Example
+
+    from semift_lightning.tasks.example import Example
     task = get_preset("fpb").task
     example = Example("1", " Profit rose . ", "C", ("negative", "neutral", "positive"))
     options = "Options:\nA. negative\nB. neutral\nC. positive"

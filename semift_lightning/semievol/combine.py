@@ -1,0 +1,82 @@
+"""Pure maths of combining votes: grouping answers, mean distributions, label propagation, candidates."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from semift_lightning.distributions import normalized_entropy
+from semift_lightning.semievol.records import PseudoLabel, Vote
+from semift_lightning.tasks.example import Example
+from semift_lightning.tasks.parsing import LETTERS
+
+COMBINE_MODES = ("vote", "mean_probs", "mean_log_probs")
+
+
+def same_answer(task, a: Optional[str], b: Optional[str], example: Example) -> bool:
+    if a is None or b is None:
+        return False
+    return a == b or task.is_correct(a, Example(example.id, example.question, b, example.options))
+
+
+def group_votes(task, example: Example, votes: Sequence[Vote]) -> list[list[Vote]]:
+    """The answered votes grouped by the answer they give, groups in order of first appearance."""
+    groups: list[list[Vote]] = []
+    for vote in votes:
+        if vote.answer is None:
+            continue
+        group = next((g for g in groups if same_answer(task, g[0].answer, vote.answer, example)), None)
+        group.append(vote) if group else groups.append([vote])
+    return groups
+
+
+def combine_votes(task, example: Example, votes: Sequence[Vote]) -> PseudoLabel:
+    """One record from the views' votes: agreed answer with mean uncertainty, or a dispute."""
+    answered = [v for v in votes if v.answer is not None]
+    groups = group_votes(task, example, votes)
+    record = PseudoLabel(example.id, view_answers=[v.answer for v in votes], disputed=len(groups) > 1,
+                         unanimous=len(groups) == 1 and len(answered) == len(votes))
+    if not groups:
+        return record
+    best = max(groups, key=lambda g: (len(g), -sum(v.uncertainty for v in g) / len(g)))
+    record.answer = best[0].answer
+    if task.closed_form:  # the views' mean option distribution, which soft pseudo-label targets train on
+        mean = mean_vote(answered)
+        record.uncertainty, record.probs = mean.uncertainty, mean.probs
+    else:
+        record.uncertainty = sum(v.uncertainty for v in best) / len(best)
+    return record
+
+
+def mean_vote(votes: Sequence[Vote], log: bool = False) -> Vote:
+    """One closed-form vote from several: the mean option distribution of those that answered (``log``: the
+    normalised mean of their log-probabilities), its most likely option and normalised entropy."""
+    answered = [v.probs for v in votes if v.answer is not None]
+    if not answered:
+        return Vote(None)
+    probs = torch.tensor(answered)
+    probs = probs.clamp_min(1e-12).log().mean(0).softmax(0) if log else probs.mean(0)
+    return Vote(LETTERS[int(probs.argmax())], normalized_entropy(probs), probs.tolist())
+
+
+def label_propagation_vote(neighbours: Sequence[tuple[Example, float]], option_count: int) -> Vote:
+    """The neighbours' gold answers as one closed-form vote: the histogram over options weighted by (non-negative)
+    cosine similarity; a neighbour whose answer is not among the item's options does not vote."""
+    probs = torch.zeros(option_count, dtype=torch.float64)
+    for example, similarity in neighbours:
+        if example.answer in LETTERS[:option_count]:
+            probs[LETTERS.index(example.answer)] += max(similarity, 0.0)
+    if not probs.sum() > 0:
+        return Vote(None)
+    probs /= probs.sum()
+    return Vote(LETTERS[int(probs.argmax())], normalized_entropy(probs), probs.tolist())
+
+
+def candidates_shown(task, example: Example, votes: Sequence[Vote]) -> list[str]:
+    """The distinct answers of a dispute as self-justification shows them; closed-form ones in option order (the
+    order ``CollaborativeVoting.justify`` rotates), so that no view is favoured by being listed first."""
+    distinct = [group[0] for group in group_votes(task, example, votes)]
+    if task.closed_form:
+        distinct.sort(key=lambda vote: LETTERS.index(vote.answer))
+    return [task.proposed_answer(example, vote.answer, vote.text) for vote in distinct]
