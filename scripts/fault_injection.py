@@ -50,7 +50,7 @@ def _die_halfway_through(write):
 
 def arm(point: str) -> None:
     """Patch the function where ``point`` happens so that the process dies there."""
-    from semift_lightning import io as semift_io
+    from semift_lightning import files as semift_io
     from semift_lightning.student.module import SemiFTModule
 
     calls = {"n": 0}

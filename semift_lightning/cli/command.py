@@ -28,6 +28,7 @@ from semift_lightning.semievol.propagation import InContextPropagation
 from semift_lightning.semievol.restart import RestartStudent
 from semift_lightning.semievol.schedule import Schedule
 from semift_lightning.semievol.selection import EntropySelection
+from semift_lightning.semievol.stage import SemiEvolStage
 from semift_lightning.semievol.voting import CollaborativeVoting
 from semift_lightning.shipped import with_shipped_paths
 from semift_lightning.student.loading import as_stored
@@ -117,8 +118,13 @@ class SemiFTCLI(LightningCLI):
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         configured = config.trainer.get("callbacks") or []
         ours = [config[key] for key in self.SEMIEVOL_KEYS if config.get(key) is not None]
-        trainer = super().instantiate_trainer(callbacks=[*([configured] if isinstance(configured, L.Callback)
-                                                           else configured), *ours], **kwargs)
+        given = [configured] if isinstance(configured, L.Callback) else list(configured)
+        kinds = [type(callback) for callback in [*given, *ours] if isinstance(callback, SemiEvolStage)]
+        twice = sorted({kind.__name__ for kind in kinds if kinds.count(kind) > 1})
+        if twice:
+            raise ArgumentError(f"trainer.callbacks: {', '.join(twice)} is configured twice (a round has one stage of "
+                                f"each kind; a recipe's own keys {', '.join(self.SEMIEVOL_KEYS)} add them already)")
+        trainer = super().instantiate_trainer(callbacks=[*given, *ours], **kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
@@ -131,23 +137,22 @@ class SemiFTCLI(LightningCLI):
         self.model.connect(self.datamodule.task)
 
     def refuse_an_earlier_fit(self) -> None:
-        """A new fit (no ``--ckpt_path``) into a log or checkpoint folder where another fit left its config,
-        checkpoints or event files would mix with them (and ``--ckpt_path last`` would then take either run's last
-        checkpoint): refused, unless ``--overwrite true`` removes them first."""
+        """A new fit (no ``--ckpt_path``) where another fit left checkpoints would mix with them (its config.yaml
+        replaced, ``--ckpt_path last`` then taking either run's last checkpoint): refused, unless ``--overwrite
+        true`` removes that fit's checkpoints, config and event files first."""
         if self.command_config.get("ckpt_path"):
             return
         log = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         folders = {Path(c.dirpath) for c in self.trainer.checkpoint_callbacks if c.dirpath} | {log / "checkpoints"}
-        checkpoints = [path for folder in folders for path in folder.glob("*.ckpt")]
-        found = [path for path in [log / "config.yaml", *log.glob("events.out.tfevents.*"), *checkpoints]
-                 if path.exists()]
-        if found and not self.command_config.get("overwrite"):
-            raise OutputError(f"{log}: an earlier fit left {', '.join(sorted({p.name for p in found})[:4])} here; "
-                              f"resume it with --ckpt_path last, log to another folder (--trainer.logger.init_args."
-                              f"version NAME or another save_dir), or pass --overwrite true to replace them")
-        if found and self.trainer.is_global_zero:
-            for path in found:
-                path.unlink()
+        checkpoints = sorted(path for folder in folders for path in folder.glob("*.ckpt"))
+        if checkpoints and not self.command_config.get("overwrite"):
+            raise OutputError(f"{checkpoints[0].parent}: an earlier fit left its checkpoints here "
+                              f"({', '.join(p.name for p in checkpoints[:3])}); resume it with --ckpt_path last, log "
+                              f"to another folder (--trainer.logger.init_args.version NAME or another save_dir), or "
+                              f"pass --overwrite true to replace them")
+        if checkpoints and self.trainer.is_global_zero:
+            for path in [*checkpoints, log / "config.yaml", *log.glob("events.out.tfevents.*")]:
+                path.unlink(missing_ok=True)
         self.trainer.strategy.barrier()
 
     def lock_log_folder(self) -> None:

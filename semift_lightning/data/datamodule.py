@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from semift_lightning.arguments import bound_arguments, raise_problems
 from semift_lightning.data.batch import IGNORE_INDEX, Collator
-from semift_lightning.data.prompts import PROMPT_FORMATS, PromptBuilder
+from semift_lightning.data.prompts import PROMPT_FORMATS, PromptBuilder, PromptTooLong
 from semift_lightning.data.readers import read_rows, to_examples
 from semift_lightning.data.sampler import LengthGroupedSampler
 from semift_lightning.data.splits import (
@@ -288,8 +288,12 @@ class SemiFTDataModule(L.LightningDataModule):
         ``soft_targets`` to an option distribution the item's answer letter trains on."""
         items, cut = [], 0
         for i, example in enumerate(examples):
-            encoded = self.prompts.encode(example, (demonstrations or {}).get(example.id, ()), with_target,
-                                          (candidates or {}).get(example.id, ()))
+            try:
+                encoded = self.prompts.encode(example, (demonstrations or {}).get(example.id, ()), with_target,
+                                              (candidates or {}).get(example.id, ()))
+            except PromptTooLong as err:
+                where = self.split_names.get(split, split)
+                raise PromptTooLong(f"{where}: row {example.row}: field {self.columns.question!r}: {err}") from None
             cut += encoded.truncated
             item = {"input_ids": encoded.prompt_ids + encoded.target_ids, "example": example,
                     "truncated": encoded.truncated}

@@ -5,9 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from semift_lightning.errors import ArgumentError
 from semift_lightning.tasks.example import Example
 from semift_lightning.tasks.kinds import Task
 from semift_lightning.tasks.parsing import LETTERS
+
+
+class PromptTooLong(ArgumentError):
+    """A prompt that ``max_length`` cannot hold even with its question cut away."""
 
 
 @dataclass
@@ -38,10 +43,11 @@ class PromptBuilder:
                  prompt_format: Optional[str] = None) -> None:
         prompt_format = prompt_format or ("chat" if tokenizer.chat_template else "plain")
         if prompt_format not in PROMPT_FORMATS:
-            raise ValueError(f"prompt format: must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
+            raise ArgumentError(f"data.prompt_format: must be one of {', '.join(PROMPT_FORMATS)}, got "
+                                f"{prompt_format!r}")
         if prompt_format == "chat" and tokenizer.chat_template is None:
-            raise ValueError("prompt format 'chat': the tokenizer has no chat template; use the plain format "
-                             "(data.prompt_format: plain, or unset) or a model whose tokenizer defines one")
+            raise ArgumentError("data.prompt_format: 'chat', but the tokenizer has no chat template; use the plain "
+                                "format (data.prompt_format: plain, or unset) or a model whose tokenizer defines one")
         self.tokenizer = tokenizer
         self.task = task
         self.max_length = max_length
@@ -109,14 +115,14 @@ class PromptBuilder:
         for _ in range(4):  # re-tokenising the cut text can shift a token or two
             excess = len(prompt_ids) - budget
             if excess >= len(question_ids):
-                raise ValueError(f"item {example.id!r}: the prompt without its question is already longer than "
-                                 f"max_length={self.max_length} tokens")
+                raise PromptTooLong(f"the prompt without its question takes {len(prompt_ids) - len(question_ids)} "
+                                    f"tokens, more than data.max_length={self.max_length} leaves it")
             question_ids = question_ids[excess:]
             prompt_ids = self._ids(self._prompt_text(self.messages(example, demonstrations, candidates,
                                                                    self.tokenizer.decode(question_ids))))
             if len(prompt_ids) <= budget:
                 return Encoded(prompt_ids, target_ids, True)
-        raise ValueError(f"item {example.id!r}: could not fit the prompt into max_length={self.max_length} tokens")
+        raise PromptTooLong(f"could not fit the prompt into data.max_length={self.max_length} tokens")
 
     def _option_token_ids(self) -> list[int]:
         """The first token of each option letter as the assistant's answer begins; they must be distinct."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import torch
 
@@ -11,7 +11,49 @@ from semift_lightning.semievol.records import PseudoLabel, Vote
 from semift_lightning.tasks.example import Example
 from semift_lightning.tasks.parsing import LETTERS
 
-COMBINE_MODES = ("vote", "mean_probs", "mean_log_probs")
+
+class Combiner:
+    """How the views' votes on one item make its pseudo-label. A new way is a subclass with its own ``name``,
+    listed in ``COMBINERS`` (``CollaborativeVoting(combine=NAME)``)."""
+
+    name: ClassVar[str] = ""
+    settles_disputes: ClassVar[bool] = True  # its answer stands; False: a dispute goes to self-justification
+    closed_form_only: ClassVar[bool] = True  # it needs option distributions
+
+    def __call__(self, votes: Sequence[Vote]) -> Vote:
+        raise NotImplementedError
+
+
+class MajorityVote(Combiner):
+    """An answer every answering view agrees on; otherwise self-justification, or the majority (ties: the least
+    uncertain group), decides (``combine_votes``)."""
+
+    name = "vote"
+    settles_disputes = False
+    closed_form_only = False
+
+
+class MeanProbs(Combiner):
+    """The most likely option of the views' mean option distribution; its normalised entropy is the
+    uncertainty."""
+
+    name = "mean_probs"
+
+    def __call__(self, votes: Sequence[Vote]) -> Vote:
+        return mean_vote(votes)
+
+
+class MeanLogProbs(Combiner):
+    """The same for the normalised mean of the views' log-probabilities (a product of experts: an option any view
+    rules out loses)."""
+
+    name = "mean_log_probs"
+
+    def __call__(self, votes: Sequence[Vote]) -> Vote:
+        return mean_vote(votes, log=True)
+
+
+COMBINERS: dict[str, type[Combiner]] = {kind.name: kind for kind in (MajorityVote, MeanProbs, MeanLogProbs)}
 
 
 def same_answer(task, a: Optional[str], b: Optional[str], example: Example) -> bool:

@@ -8,9 +8,8 @@ import lightning as L
 import torch
 
 from semift_lightning.errors import ArgumentError
-from semift_lightning.semievol import contract
 from semift_lightning.semievol.context import RoundContext, map_pool
-from semift_lightning.semievol.contract import RoundData
+from semift_lightning.semievol.contract import HiddenStates, RoundData
 from semift_lightning.semievol.records import PseudoLabel
 from semift_lightning.semievol.schedule import Schedule
 from semift_lightning.semievol.stage import SemiEvolStage
@@ -40,7 +39,7 @@ class InContextPropagation(SemiEvolStage):
         return super().argument_problems(**given) + ([f"k: must be at least 0, got {k}"] if k < 0 else [])
 
     def module_needs(self, task: Task, stages: Sequence[SemiEvolStage] = ()) -> list[type]:
-        return [contract.HiddenStates] if self.k else []
+        return [HiddenStates] if self.k else []
 
     def check(self, datamodule: RoundData, stages: Sequence[SemiEvolStage]) -> None:
         labeled = datamodule.load_split("labeled")

@@ -39,8 +39,6 @@ class PseudoLabel:
 
     Args:
         id: the item's id in the unlabeled split.
-        item: the fingerprint of the item's question and options (``Example.fingerprint``): the record belongs to
-            that content, not to whatever item has its id later.
         round: the 1-based round that made the record.
         answer: the pseudo-label (canonical answer), or None.
         uncertainty: the answer's uncertainty (lower is surer); inf without an answer.
@@ -54,10 +52,11 @@ class PseudoLabel:
         justified: self-justification chose the answer.
         selected: the item trains with its pseudo-label.
         capped: selection kept it, then ``max_pseudo_ratio`` dropped it.
+        item: the fingerprint of the item's question and options (``Example.fingerprint``): the record belongs to
+            that content, not to whatever item has its id later.
     """
 
     id: str
-    item: Optional[str] = None
     round: int = 0
     answer: Optional[str] = None
     uncertainty: float = math.inf
@@ -71,6 +70,7 @@ class PseudoLabel:
     justified: bool = False
     selected: bool = False
     capped: bool = False
+    item: Optional[str] = None
 
     @property
     def voted(self) -> bool:

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from semift_lightning.semievol import contract
+from semift_lightning.semievol.contract import RestartableStudent
 from semift_lightning.semievol.records import PseudoLabel
 from semift_lightning.semievol.schedule import Schedule
 from semift_lightning.semievol.stage import SemiEvolStage
@@ -30,7 +30,7 @@ class RestartStudent(SemiEvolStage):
         super().__init__(schedule)
 
     def module_needs(self, task: Task, stages: Sequence[SemiEvolStage] = ()) -> list[type]:
-        return [contract.RestartableStudent]
+        return [RestartableStudent]
 
     def process(self, context, module, data, pool, index) -> tuple[list[PseudoLabel], dict]:
         module.restart_adapter()

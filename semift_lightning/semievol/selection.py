@@ -8,8 +8,7 @@ from typing import Any, Optional, Sequence
 from lightning.pytorch.utilities import rank_zero_warn
 
 from semift_lightning.distributions import quantile_threshold
-from semift_lightning.semievol import contract
-from semift_lightning.semievol.contract import RoundData
+from semift_lightning.semievol.contract import LabeledAnswers, RoundData
 from semift_lightning.semievol.metrics import selection_metrics, voted_metrics
 from semift_lightning.semievol.records import PseudoLabel
 from semift_lightning.semievol.schedule import Schedule
@@ -110,7 +109,7 @@ class EntropySelection(SemiEvolStage):
         return records, metrics
 
     def datamodule_needs(self) -> list[type]:
-        return [contract.LabeledAnswers] if self.answer_mix == "labeled" else []
+        return [LabeledAnswers] if self.answer_mix == "labeled" else []
 
     def select(self, records: list[PseudoLabel], labeled_answers: Sequence[str] = (), task: Optional[Task] = None,
                keep_fraction: Optional[float] = None) -> Optional[float]:

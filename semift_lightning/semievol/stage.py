@@ -11,9 +11,8 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from semift_lightning.arguments import bound_arguments, raise_problems
-from semift_lightning.semievol import contract
 from semift_lightning.semievol.context import RoundContext
-from semift_lightning.semievol.contract import RoundData
+from semift_lightning.semievol.contract import RoundData, missing
 from semift_lightning.semievol.records import PseudoLabel
 from semift_lightning.semievol.schedule import Schedule, as_schedule
 from semift_lightning.tasks.example import Example
@@ -156,15 +155,15 @@ def stage_kinds() -> list[type[SemiEvolStage]]:
 def check_round(stages: Sequence[SemiEvolStage], module: L.LightningModule, data: RoundData) -> None:
     """Refuse stages out of round order, two of a kind, differing schedules, a module or DataModule that lacks what
     they call, or a stage's own misfit with the data; every stage learns its peers."""
-    protocols = [contract.RoundData, *(p for s in stages for p in s.datamodule_needs())]
-    absent = [f"datamodule.{name}" for protocol in protocols for name in contract.missing(data, protocol)]
+    protocols = [RoundData, *(p for s in stages for p in s.datamodule_needs())]
+    absent = [f"datamodule.{name}" for protocol in protocols for name in missing(data, protocol)]
     if getattr(type(data), "state_dict", None) is L.LightningDataModule.state_dict:
         absent.append("datamodule.state_dict / load_state_dict (the pseudo-labels must live in checkpoints, "
                       "or a resumed run trains on none)")
     if hasattr(data, "task"):
         needed = list(dict.fromkeys(p for s in stages for p in s.module_needs(data.task, stages)))
         protocols += needed
-        absent += [f"module.{name}" for protocol in needed for name in contract.missing(module, protocol)]
+        absent += [f"module.{name}" for protocol in needed for name in missing(module, protocol)]
     if absent:
         raise AttributeError(f"{type(stages[0]).__name__} needs {', '.join(dict.fromkeys(absent))}; see the plug-in "
                              f"contract in docs/plugin.md and semift_lightning.semievol.contract "

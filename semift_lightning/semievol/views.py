@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import lightning as L
 import torch
 
 from semift_lightning.distributions import normalized_entropy, option_vote
-from semift_lightning.semievol import contract
-from semift_lightning.semievol.combine import combine_votes
+from semift_lightning.semievol.combine import combine_votes, label_propagation_vote
 from semift_lightning.semievol.context import RoundContext, map_pool
-from semift_lightning.semievol.contract import RoundData
+from semift_lightning.semievol.contract import Generator, OptionScorer, RoundData
 from semift_lightning.semievol.records import PseudoLabel, Vote
 from semift_lightning.tasks.example import Example
 
 STUDENT, BASE = "student", "base"
-
-
-STUDENT, BASE = "student", "base"
-
-
-PROMPT, LABEL_PROPAGATION = "prompt", "label_propagation"
 
 
 @dataclass
@@ -37,10 +30,8 @@ class View:
         neighbour_offset: skip this many nearest neighbours (another view can use the next-nearest ones).
         temperature: 0 decodes greedily; above 0 samples (free-form tasks; closed-form views score options).
         seed: sampling seed.
-        kind: "prompt" (a model answers a prompt) or "label_propagation": no model pass; the item's ``k`` nearest
-            labeled items (from in-context propagation) vote with their gold answers, weighted by cosine
-            similarity, and the weighted answer histogram is the view's distribution. Closed-form tasks whose
-            items share their options (sentiment, yes/no/maybe).
+        kind: how the view answers, a name in ``VIEW_KINDS``: "prompt" (a model answers a prompt) or
+            "label_propagation" (no model pass: the item's nearest labeled items vote with their gold answers).
     """
 
     adapter: str = STUDENT
@@ -48,7 +39,7 @@ class View:
     neighbour_offset: int = 0
     temperature: float = 0.0
     seed: int = 0
-    kind: str = PROMPT
+    kind: str = "prompt"
 
 
 # ----- helpers ---------------------------------------------------------------------------------------------------
@@ -62,7 +53,7 @@ def as_views(views: Optional[list]) -> list[View]:
 
 def scorer_protocol(task) -> type:
     """The protocol a view answers with: option scoring (closed-form) or generation (free-form)."""
-    return contract.OptionScorer if task.closed_form else contract.Generator
+    return OptionScorer if task.closed_form else Generator
 
 
 class use_adapter:
@@ -137,3 +128,47 @@ def student_accuracy(context: RoundContext, module: L.LightningModule, data: Rou
                          f"student accuracy on {split}")
     right = sum(data.task.is_correct(votes[e.id].answer, e) for e in examples if votes[e.id].answer)
     return max(right, 1) / len(examples)
+
+
+class ViewKind:
+    """How a view answers every pool item. A new kind is a subclass with its own ``name``, listed in
+    ``VIEW_KINDS`` (``View(kind=NAME)``)."""
+
+    name: ClassVar[str] = ""
+    closed_form_only: ClassVar[bool] = False
+    min_k: ClassVar[int] = 0  # neighbours it needs at the least
+
+    def votes(self, view: View, index: int, context: RoundContext, module: L.LightningModule, data: RoundData,
+              pool: Sequence[Example], nearest: dict[str, list[tuple[Example, float]]], of: int) -> dict[str, Vote]:
+        """One vote per pool item id; ``nearest``: each item's neighbours for this view; ``index`` of ``of``
+        views."""
+        raise NotImplementedError
+
+
+class PromptView(ViewKind):
+    """A model (the student, the base model or a saved adapter) answers a prompt, with the item's ``k`` nearest
+    labeled items as demonstrations when ``k > 0``."""
+
+    name = "prompt"
+
+    def votes(self, view, index, context, module, data, pool, nearest, of) -> dict[str, Vote]:
+        demos = {key: [example for example, _ in row] for key, row in nearest.items()} if view.k else None
+        with use_adapter(module, view.adapter, f"view{index}"):
+            return map_pool(context, module, data, "unlabeled", pool, answerer(module, data.task, view),
+                            f"view {index + 1}/{of}", demonstrations=demos)
+
+
+class LabelPropagationView(ViewKind):
+    """No model pass: the item's ``k`` nearest labeled items (from in-context propagation) vote with their gold
+    answers, weighted by cosine similarity, and the weighted answer histogram is the view's distribution.
+    Closed-form tasks whose items share their options (sentiment, yes/no/maybe)."""
+
+    name = "label_propagation"
+    closed_form_only = True
+    min_k = 1
+
+    def votes(self, view, index, context, module, data, pool, nearest, of) -> dict[str, Vote]:
+        return {e.id: label_propagation_vote(nearest.get(e.id, []), len(e.options)) for e in pool}
+
+
+VIEW_KINDS: dict[str, type[ViewKind]] = {kind.name: kind for kind in (PromptView, LabelPropagationView)}

@@ -7,16 +7,14 @@ from typing import Any, Optional, Sequence
 
 import lightning as L
 
-from semift_lightning.semievol import contract
 from semift_lightning.semievol.combine import (
-    COMBINE_MODES,
+    COMBINERS,
     candidates_shown,
     combine_votes,
-    label_propagation_vote,
     mean_vote,
 )
 from semift_lightning.semievol.context import RoundContext, map_pool
-from semift_lightning.semievol.contract import RoundData
+from semift_lightning.semievol.contract import PeftStudent, RoundData
 from semift_lightning.semievol.metrics import voted_metrics
 from semift_lightning.semievol.propagation import InContextPropagation
 from semift_lightning.semievol.records import PseudoLabel, Vote
@@ -24,15 +22,13 @@ from semift_lightning.semievol.schedule import Schedule
 from semift_lightning.semievol.stage import SemiEvolStage
 from semift_lightning.semievol.views import (
     BASE,
-    LABEL_PROPAGATION,
-    PROMPT,
     STUDENT,
+    VIEW_KINDS,
     View,
     answerer,
     as_views,
     scorer_protocol,
     set_agreement,
-    use_adapter,
 )
 from semift_lightning.tasks.example import Example
 from semift_lightning.tasks.kinds import Task
@@ -50,11 +46,9 @@ class CollaborativeVoting(SemiEvolStage):
             option order (each candidate listed first once) and average the option distributions, so that the
             pick does not hang on which candidate comes first (a small student favours a position). Off: one pass
             in option order. Free-form answers are generated, not scored, so they always take one pass.
-        combine: how the views' answers make one (closed-form tasks for the distribution modes). "vote": an
-            answer all answering views agree on, else self-justification or the majority. "mean_probs": the most
-            likely option of the views' mean option distribution, whose normalised entropy is the uncertainty.
-            "mean_log_probs": the same for the normalised mean of their log-probabilities (a product of experts:
-            an option any view rules out loses).
+        combine: how the views' answers make one, a name in ``COMBINERS`` (``semievol/combine.py``): "vote"
+            (an answer all answering views agree on, else self-justification or the majority), "mean_probs" or
+            "mean_log_probs" (the views' mean option distribution, closed-form tasks).
         text_chars: free-form tasks: each view's generated text is kept in the round's records (``view_texts``,
             so the JSONL shows why a pseudo-label is what it is), cut to this many characters.
         schedule: when the rounds run (the same in every SemiEvol callback).
@@ -82,19 +76,21 @@ class CollaborativeVoting(SemiEvolStage):
         views = as_views(views)
         if not views:
             problems.append("views: needs at least one view (n >= 1)")
-        if combine not in COMBINE_MODES:
-            problems.append(f"combine: must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
-        elif combine != "vote" and self_justification:
+        if combine not in COMBINERS:
+            problems.append(f"combine: must be one of {', '.join(COMBINERS)}, got {combine!r}")
+        elif COMBINERS[combine].settles_disputes and self_justification:
             problems.append(f"combine: {combine!r} decides disputes from the views' distributions; set "
                             f"self_justification: false")
         for i, view in enumerate(views):
             if view.k < 0 or view.neighbour_offset < 0:
                 problems.append(f"views[{i}]: k and neighbour_offset must be at least 0, got {view.k}, "
                                 f"{view.neighbour_offset}")
-            if view.kind not in (PROMPT, LABEL_PROPAGATION):
-                problems.append(f"views[{i}].kind: must be {PROMPT!r} or {LABEL_PROPAGATION!r}, got {view.kind!r}")
-            elif view.kind == LABEL_PROPAGATION and view.k < 1:
-                problems.append(f"views[{i}].k: a label-propagation view needs at least one neighbour, got {view.k}")
+            if view.kind not in VIEW_KINDS:
+                problems.append(f"views[{i}].kind: must be {' or '.join(map(repr, VIEW_KINDS))}, got {view.kind!r}")
+            elif view.k < VIEW_KINDS[view.kind].min_k:
+                least = VIEW_KINDS[view.kind].min_k
+                problems.append(f"views[{i}].k: a {view.kind.replace('_', '-')} view needs at least "
+                                f"{'one neighbour' if least == 1 else f'{least} neighbours'}, got {view.k}")
             if view.temperature < 0:
                 problems.append(f"views[{i}].temperature: must be at least 0, got {view.temperature}")
             if view.adapter not in (STUDENT, BASE) and not (Path(view.adapter) / "adapter_config.json").is_file():
@@ -104,12 +100,12 @@ class CollaborativeVoting(SemiEvolStage):
 
     def module_needs(self, task: Task, stages: Sequence[SemiEvolStage] = ()) -> list[type]:
         saved = any(view.adapter != STUDENT for view in self.views)
-        return [scorer_protocol(task)] + ([contract.PeftStudent] if saved else [])
+        return [scorer_protocol(task)] + ([PeftStudent] if saved else [])
 
     def check(self, datamodule: RoundData, stages: Sequence[SemiEvolStage]) -> None:
-        closed_only = [f"views[{i}] (kind {LABEL_PROPAGATION})" for i, view in enumerate(self.views)
-                       if view.kind == LABEL_PROPAGATION]
-        closed_only += [f"combine={self.combine!r}"] if self.combine != "vote" else []
+        closed_only = [f"views[{i}] (kind {view.kind})" for i, view in enumerate(self.views)
+                       if VIEW_KINDS[view.kind].closed_form_only]
+        closed_only += [f"combine={self.combine!r}"] if COMBINERS[self.combine].closed_form_only else []
         if closed_only and not datamodule.task.closed_form:
             raise ValueError(f"CollaborativeVoting: {', '.join(closed_only)} needs a closed-form task; "
                              f"{datamodule.task.name!r} has free-form answers")
@@ -131,18 +127,13 @@ class CollaborativeVoting(SemiEvolStage):
               neighbours: dict[str, list[tuple[Example, float]]]) -> list[PseudoLabel]:
         """One record per pool item from every view's answers; ``neighbours`` as ``InContextPropagation.similar``
         gives them."""
-        task = datamodule.task
+        task, combiner = datamodule.task, COMBINERS[self.combine]()
         answers = []
         for i, view in enumerate(self.views):
             start = view.neighbour_offset
             nearest = {key: row[start:start + view.k] for key, row in neighbours.items()}
-            if view.kind == LABEL_PROPAGATION:
-                answers.append({e.id: label_propagation_vote(nearest.get(e.id, []), len(e.options)) for e in pool})
-                continue
-            demos = {key: [example for example, _ in row] for key, row in nearest.items()} if view.k else None
-            with use_adapter(module, view.adapter, f"view{i}"):
-                answers.append(map_pool(context, module, datamodule, "unlabeled", pool, answerer(module, task, view),
-                                         f"view {i + 1}/{len(self.views)}", demonstrations=demos))
+            answers.append(VIEW_KINDS[view.kind]().votes(view, i, context, module, datamodule, pool, nearest,
+                                                         len(self.views)))
         records, disputed = [], {}
         for example in pool:
             votes = [view_answers[example.id] for view_answers in answers]
@@ -150,8 +141,8 @@ class CollaborativeVoting(SemiEvolStage):
             record.neighbours = [(other.id, similarity) for other, similarity in neighbours.get(example.id, [])]
             if not task.closed_form:
                 record.view_texts = [(vote.text or "")[:self.text_chars] for vote in votes]
-            if self.combine != "vote":
-                combined = mean_vote(votes, log=self.combine == "mean_log_probs")
+            if combiner.settles_disputes:
+                combined = combiner(votes)
                 record.answer, record.uncertainty, record.probs = combined.answer, combined.uncertainty, combined.probs
             elif record.disputed and self.self_justification:
                 disputed[example.id] = candidates_shown(task, example, votes)

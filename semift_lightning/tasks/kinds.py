@@ -12,6 +12,7 @@ from semift_lightning.tasks.parsing import (
     LETTERS,
     MAX_OPTIONS,
     MIN_OPTIONS,
+    is_number_text,
     normalize_text,
     number_span,
     numbers_match,
@@ -129,6 +130,8 @@ class NumericTask(Task):
     def canonical_answer(self, raw: str, options: Optional[Sequence[str]]) -> str:
         text = super().canonical_answer(raw, options)
         if parse_number(text) is None:
+            if is_number_text(text):
+                raise ValueError(f"{text!r} holds no finite number")
             raise ValueError(f"{text!r} is not a number (digits with one decimal point, an optional exponent, "
                              f"thousands separators in groups of three and a trailing '%'; not a decimal comma, a "
                              f"date or a version)")

@@ -71,6 +71,11 @@ def _find_number(text: str) -> Optional[tuple[str, tuple[int, int]]]:
     return token, (kept[match.start()], kept[match.start() + len(token) - 1] + 1)
 
 
+def is_number_text(text: str) -> bool:
+    """Whether ``text`` is one number as the grammar reads it (finite or not)."""
+    return bool(_NUMBER.fullmatch(text.strip().replace(" ", "")))
+
+
 def number_span(text: str) -> Optional[tuple[int, int]]:
     """Where in ``text`` the number that ``parse_number`` reads stands (character offsets), or None."""
     found = _find_number(text)
