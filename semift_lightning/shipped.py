@@ -5,6 +5,11 @@ folder after ``pip install``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from semift_lightning.errors import ArgumentError
 
 SHIPPED_FOLDERS = {"configs": "configs", "callbacks": "recipes"}  # repository folder -> its folder in the wheel
 CONFIG_FLAGS = ("-c", "--config", "--recipe")
@@ -27,14 +32,36 @@ def shipped_folder(name: str) -> Path:
     return inside if inside.is_dir() else package.parent / name
 
 
-def with_shipped_paths(args: list[str]) -> list[str]:
-    """Command-line arguments with every config or recipe path (``-c X``, ``--config=X``, ``--recipe X``)
-    resolved by ``resolve_shipped``."""
-    resolved = list(args)
-    for i, arg in enumerate(resolved):
+def _config_arguments(args: list[str]) -> Iterator[tuple[int, str, str]]:
+    """(position, flag prefix, path) of every config or recipe path in ``args``: ``-c X``, ``--config=X``,
+    ``--recipe X``."""
+    for i, arg in enumerate(args):
         flag, equals, value = arg.partition("=")
         if equals and flag in CONFIG_FLAGS:
-            resolved[i] = f"{flag}={resolve_shipped(value)}"
-        elif i > 0 and resolved[i - 1] in CONFIG_FLAGS:
-            resolved[i] = resolve_shipped(arg)
+            yield i, f"{flag}=", value
+        elif i > 0 and args[i - 1] in CONFIG_FLAGS:
+            yield i, "", arg
+
+
+def with_shipped_paths(args: list[str]) -> list[str]:
+    """Command-line arguments with every config or recipe path resolved by ``resolve_shipped``."""
+    resolved = list(args)
+    for i, prefix, path in _config_arguments(args):
+        resolved[i] = prefix + resolve_shipped(path)
     return resolved
+
+
+def check_config_files(args: list[str]) -> None:
+    """Refuse a config or recipe file that is not valid YAML, naming the file, line and column (the parser behind
+    LightningCLI would name ``<unicode string>``)."""
+    for _, _, path in _config_arguments(args):
+        if not Path(path).is_file():
+            continue  # the parser names a missing file itself
+        try:
+            yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ArgumentError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
+        except UnicodeDecodeError as err:
+            raise ArgumentError(f"{path}: bytes that are not UTF-8 ({err.reason})") from None

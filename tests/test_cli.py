@@ -203,20 +203,20 @@ def test_every_task_config_logs_the_learning_rate(path):
     assert "lightning.pytorch.callbacks.LearningRateMonitor" in [c["class_path"] for c in callbacks]
 
 
-def test_argument_checks_assume_the_defaults_the_classes_have():
-    import dataclasses
+def test_argument_checks_take_their_defaults_from_the_signatures():
     import inspect
 
     from semift_lightning.semievol.propagation import InContextPropagation
     from semift_lightning.semievol.selection import EntropySelection
     from semift_lightning.semievol.voting import CollaborativeVoting
     for cls in (SemiFTDataModule, SemiFTModule, InContextPropagation, CollaborativeVoting, EntropySelection):
-        init = inspect.signature(cls.__init__).parameters
-        for name, parameter in inspect.signature(cls.argument_problems).parameters.items():
-            if name in init and parameter.default is not inspect.Parameter.empty:
-                same = parameter.default == init[name].default or (  # None there: the dataclass's own defaults
-                    parameter.default is None and dataclasses.is_dataclass(init[name].default))
-                assert same, f"{cls.__name__}.{name}: {init[name].default!r} != {parameter.default!r}"
+        stated = [name for name, parameter in inspect.signature(cls.argument_problems).parameters.items()
+                  if parameter.default is not inspect.Parameter.empty]
+        assert stated == [], f"{cls.__name__}.argument_problems states defaults again: {stated}"
+        assert cls.argument_problems() == [], f"{cls.__name__}: its defaults are not valid arguments"
+    # a default takes part in the check: answer_mix 'labeled' needs per_answer, whose default is False
+    assert EntropySelection.argument_problems(answer_mix="labeled") == [
+        "answer_mix: 'labeled' shares θ among answer options, so it needs per_answer=True"]
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "callbacks").glob("*.yaml")))

@@ -226,7 +226,7 @@ def test_a_tokenizer_without_a_chat_template_trains_evaluates_and_labels_in_the_
     checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert checkpoint["SemiFTDataModule"]["prompt_layout"]["prompt_format"] == "plain"
     from semift_lightning.data.prompts import PromptBuilder
-    with pytest.raises(ValueError, match="prompt format 'chat': the tokenizer has no chat template"):
+    with pytest.raises(ValueError, match="data.prompt_format: 'chat', but the tokenizer has no chat template"):
         PromptBuilder(module.tokenizer, datamodule.task, 256, prompt_format="chat")
     with pytest.raises(ValueError, match="data.prompt_format: must be chat or plain or unset, got 'raw'"):
         SemiFTDataModule(task="fpb", labeled="x.csv", prompt_format="raw")

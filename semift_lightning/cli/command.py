@@ -30,7 +30,7 @@ from semift_lightning.semievol.schedule import Schedule
 from semift_lightning.semievol.selection import EntropySelection
 from semift_lightning.semievol.stage import SemiEvolStage
 from semift_lightning.semievol.voting import CollaborativeVoting
-from semift_lightning.shipped import with_shipped_paths
+from semift_lightning.shipped import check_config_files, with_shipped_paths
 from semift_lightning.student.loading import as_stored
 from semift_lightning.student.module import SemiFTModule
 from semift_lightning.student.outputs import check_outputs
@@ -85,6 +85,11 @@ class SemiFTCLI(LightningCLI):
         path = config.get("ckpt_path")
         self.checkpoint = read_checkpoint(path) if path and path not in self.CHECKPOINT_NAMES else None
         self.user_model = copy.deepcopy(config.get("model"))
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI would merge the checkpoint's hyper-parameters into the configuration (a parse that fails, and
+        dumps the usage, on a key it does not know); ``semift`` keeps the model arguments you give (see
+        ``parse_arguments``), so it does not read them at all."""
 
     def apply_schedule(self, config: Namespace) -> list[str]:
         """Set the ``semievol`` schedule in every configured SemiEvol callback's arguments; returns the problems (a
@@ -261,6 +266,11 @@ def main(args=None) -> None:
     half-trained model."""
     quiet_library_noise()
     given = with_shipped_paths(sys.argv[1:] if args is None else list(args))
+    try:
+        check_config_files(given)
+    except SemiFTError as err:
+        sys.stderr.write(f"semift: error: {err}\n")
+        sys.exit(2)
     if args is None:  # LightningCLI reads sys.argv itself (and warns when handed arguments beside it)
         sys.argv[1:] = given
     try:

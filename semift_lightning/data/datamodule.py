@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import lightning as L
@@ -16,18 +15,14 @@ from torch.utils.data import DataLoader
 from semift_lightning.arguments import bound_arguments, raise_problems
 from semift_lightning.data.batch import IGNORE_INDEX, Collator
 from semift_lightning.data.prompts import PROMPT_FORMATS, PromptBuilder, PromptTooLong
-from semift_lightning.data.readers import read_rows, to_examples
 from semift_lightning.data.sampler import LengthGroupedSampler
+from semift_lightning.data.split_files import SplitFiles
 from semift_lightning.data.splits import (
     SplitSizes,
-    carve_validation,
     check_fractions,
-    same_items,
-    split_examples,
-    subsample,
 )
 from semift_lightning.data.view_prompts import draw_view_prompts
-from semift_lightning.errors import ArgumentError, DataError
+from semift_lightning.errors import ArgumentError
 from semift_lightning.semievol.store import PseudoLabelStore
 from semift_lightning.tasks.columns import ColumnOverrides, override_columns
 from semift_lightning.tasks.example import Example
@@ -40,7 +35,7 @@ SPLITS = ("labeled", "unlabeled", "val", "test")
 OVERLAP_POLICIES = ("error", "drop", "allow")
 
 
-class SemiFTDataModule(L.LightningDataModule):
+class SemiFTDataModule(SplitFiles, L.LightningDataModule):
     """Labeled, unlabeled, validation and test data for one task.
 
     Args:
@@ -184,77 +179,6 @@ class SemiFTDataModule(L.LightningDataModule):
         return problems
 
     # ----- loading ---------------------------------------------------------------------------------------------
-    def _path(self, split: str) -> Optional[str]:
-        path = self.paths[split]
-        if path is None or self.root is None or ":" in path.split("/")[0] or Path(path).is_absolute():
-            return path
-        return str(Path(self.root) / path)
-
-    def labeled_answers(self) -> list[str]:
-        """The labeled split's gold answers (what a selection may match its answer mix to)."""
-        return [example.answer for example in self.load_split("labeled")]
-
-    def load_split(self, split: str) -> list[Example]:
-        """The checked examples of ``split`` (cached); an empty list when the split is not configured."""
-        if split in self.examples:
-            return self.examples[split]
-        if split == "val" and self.val_fraction:
-            self.load_split("labeled")
-            return self.examples["val"]
-        from_source = split in ("labeled", "unlabeled") or split == "test" and not self._path(split)
-        if self.source and from_source:
-            rows = read_rows(self.source, self.cache_dir)
-            examples = to_examples(rows, self.task, self.columns, self.source)
-            parts = split_examples(examples, self.split_fractions, self.seed)
-            examples = dict(zip(("labeled", "unlabeled", "test"), parts))[split]
-            name = f"{self.source} ({split} part)"
-        elif self._path(split):
-            name = self._path(split)
-            examples = to_examples(read_rows(name, self.cache_dir), self.task, self.columns, name,
-                                   require_answer=split not in self.answers_optional)
-        else:
-            return []
-        examples = subsample(examples, getattr(self.sizes, split), self.seed)
-        if not examples and split != "unlabeled":
-            raise DataError(f"{name}: the {split} split is empty")
-        if split == "unlabeled":  # keep gold answers apart, for the diagnostic metric only
-            self.store.pool_gold = {example.id: example.answer for example in examples}
-            examples = [replace(example, answer=None) for example in examples]
-        if split == "labeled" and self.val_fraction:
-            examples, self.examples["val"] = carve_validation(examples, self.val_fraction, self.seed,
-                                                              self.task.closed_form)
-            self.split_names["val"] = f"{name} (validation part)"
-        self.examples[split] = examples
-        self.split_names[split] = name
-        return examples
-
-    def check_test_overlap(self) -> None:
-        """Apply ``test_overlap`` to labeled and unlabeled items that equal a test item."""
-        test = self.load_split("test")
-        found = [(split, example, twin) for split in ("labeled", "unlabeled")
-                 for example, twin in same_items(self.load_split(split), test)]
-        if not found or self.test_overlap == "allow":
-            if found:
-                rank_zero_warn(f"{len(found)} training-side item(s) equal a test item (data.test_overlap=allow)")
-            return
-        field = self.columns.question
-        lines = [f"{self.split_names[split]}: row {example.row}: field {field!r}: the same item as "
-                 f"{self.split_names['test']} row {twin.row}" for split, example, twin in found]
-        if self.test_overlap == "error":
-            raise DataError(f"{len(found)} labeled/unlabeled item(s) also in the test data (test leakage); set "
-                            f"data.test_overlap to drop or allow:\n" + "\n".join(lines))
-        rank_zero_warn(f"dropped {len(found)} item(s) that are also in the test data:\n" + "\n".join(lines))
-        for split in ("labeled", "unlabeled"):
-            leaked = {id(example) for name, example, _ in found if name == split}
-            self.examples[split] = [e for e in self.load_split(split) if id(e) not in leaked]
-        self.store.pool_gold = {e.id: self.store.pool_gold[e.id] for e in self.examples["unlabeled"]}
-
-    def _require(self, split: str) -> list[Example]:
-        examples = self.load_split(split)
-        if not examples:
-            raise DataError(f"no {split} data: set data.{split} (with data.root for relative paths) or data.source")
-        return examples
-
     def connect(self, tokenizer: Any, max_context_length: Optional[int] = None) -> None:
         """Hand the DataModule what it needs from the model, before ``fit`` / ``test`` / ``predict``: its tokenizer
         (a pad token that is not eos, left padding) and optionally its context length (prompts are cut to the

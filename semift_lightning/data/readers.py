@@ -16,14 +16,17 @@ from semift_lightning.errors import DataError
 from semift_lightning.tasks.columns import Columns
 from semift_lightning.tasks.example import Example
 from semift_lightning.tasks.kinds import Task
+from semift_lightning.tasks.parsing import MAX_OPTIONS, MIN_OPTIONS
 
 HF_PREFIX = "hf:"
-
-
 MAX_LISTED_PROBLEMS = 20
+GZIP_MAGIC = b"\x1f\x8b"
+csv.field_size_limit(2**31 - 1)  # a long review or document is one field, not a broken file
 
 
 def _decode(data: bytes, name: str) -> str:
+    if data.startswith(GZIP_MAGIC):
+        raise DataError(f"{name}: the file is gzip-compressed; decompress it first (gunzip) and name the plain file")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -47,7 +50,10 @@ def _read_file(path: Path, name: str) -> list[dict]:
         except ValueError:
             raise DataError(f"{name}: the file is empty") from None
         except csv.Error as err:
-            raise DataError(f"{name}: line {reader.line_num}: broken CSV ({err})") from None
+            first = text.split("\n", 1)[0]
+            hint = "; the file seems to use ';' between fields: save it with ','" \
+                if first.count(";") > first.count(",") else ""
+            raise DataError(f"{name}: line {reader.line_num}: broken CSV ({err}){hint}") from None
         repeated = sorted({column for column in header if header.count(column) > 1})
         if repeated:
             raise DataError(f"{name}: the header names column(s) {', '.join(map(repr, repeated))} more than once; "
@@ -62,19 +68,32 @@ def _read_file(path: Path, name: str) -> list[dict]:
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append(json.loads(line, object_pairs_hook=_refuse_repeated_keys))
                 except json.JSONDecodeError as err:
                     raise DataError(f"{name}: line {number}: not valid JSON ({err.msg})") from None
+                except ValueError as err:
+                    raise DataError(f"{name}: line {number}: {err}") from None
         return rows
     if suffix == ".json":
         try:
-            rows = json.loads(text)
+            rows = json.loads(text, object_pairs_hook=_refuse_repeated_keys)
         except json.JSONDecodeError as err:
             raise DataError(f"{name}: line {err.lineno}: not valid JSON ({err.msg})") from None
+        except ValueError as err:
+            raise DataError(f"{name}: {err}") from None
         if not isinstance(rows, list):
             raise DataError(f"{name}: expected a JSON list of objects, got {type(rows).__name__}")
         return rows
     raise DataError(f"{name}: unsupported file type {suffix!r}; use .csv, .tsv, .json, .jsonl or .parquet")
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are unique (one given twice would silently take the last value)."""
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"an object names field(s) {', '.join(map(repr, repeated))} more than once")
+    return dict(pairs)
 
 
 def _read_hub(source: str) -> list[dict]:
@@ -93,6 +112,8 @@ def read_rows(source: str, cache_dir: Optional[str] = None) -> list[dict]:
     if source.startswith(HF_PREFIX):
         return _read_hub(source)
     path = resolve_local(source, cache_dir)
+    if path is not None and path.is_dir():
+        raise DataError(f"{source}: a folder, not a data file; name a .csv, .tsv, .json, .jsonl or .parquet file in it")
     if path is None or not path.is_file():
         raise DataError(f"{source}: no such file")
     rows = _read_file(path, source)
@@ -159,6 +180,13 @@ def to_examples(rows: Sequence[dict], task: Task, columns: Columns, name: str,
             except ValueError as err:
                 problem(option_fields[0], str(err))
                 continue
+            if not MIN_OPTIONS <= len(options) <= MAX_OPTIONS:
+                problem(option_fields[0] if option_fields else "options",
+                        f"needs {MIN_OPTIONS} to {MAX_OPTIONS} options, got {len(options)}")
+                continue
+        if not isinstance(row[columns.question], (str, int, float)):
+            problem(columns.question, f"must be text, got a {type(row[columns.question]).__name__}")
+            continue
         answer = None
         if columns.answer and columns.answer in row and not _is_missing(row[columns.answer]):
             try:

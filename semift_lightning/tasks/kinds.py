@@ -101,7 +101,10 @@ class MultipleChoiceTask(Task):
                 raise ValueError(f"{text!r} is not among the {len(options)} options")
             return text
         normalized = [normalize_text(option) for option in options]
-        if normalize_text(text) in normalized and normalized.count(normalize_text(text)) == 1:
+        if normalized.count(normalize_text(text)) > 1:
+            raise ValueError(f"{text!r} is the text of {normalized.count(normalize_text(text))} options; give the "
+                             f"letter")
+        if normalize_text(text) in normalized:
             return LETTERS[normalized.index(normalize_text(text))]
         if self.numbered_keys and text.isdigit() and 1 <= int(text) <= len(options):
             return LETTERS[int(text) - 1]
