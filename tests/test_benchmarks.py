@@ -279,3 +279,21 @@ def test_learning_curve_runs_every_method_and_reports_pooled_intervals(tiny_mode
     rows = [line for line in report.splitlines() if line.startswith("| 3% |")]
     assert len(rows) == 5 and any(f"semievol ({chosen})" in row for row in rows)
     assert (tmp_path / "fig" / "curve.png").stat().st_size > 0
+
+
+def test_committee_dev_report_scores_members_the_committee_and_its_prior_alignment(tmp_path):
+    seed = tmp_path / "out" / "seed100"
+    seed.mkdir(parents=True)
+    (seed / "budget.csv").write_text("question,answer\n" + "".join(f"q{i},{'ABC'[i % 3]}\n" for i in range(45)))
+    gold = ["A", "B", "C", "B"]
+    members = {"chat_qfirst": [[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.5, 0.1, 0.4], [0.1, 0.8, 0.1]],
+               "plain_qlast": [[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.2, 0.7, 0.1]]}
+    for name, probs in members.items():
+        (seed / name / "logs").mkdir(parents=True)
+        (seed / name / "logs" / "test_predictions.jsonl").write_text("".join(
+            json.dumps({"id": str(i), "gold": g, "option_probs": p, "prediction": "ABC"[p.index(max(p))]}) + "\n"
+            for i, (g, p) in enumerate(zip(gold, probs))))
+    (tmp_path / "cwd").mkdir()
+    out = run("experiments/committee_dev.py", "--report", "--out", str(tmp_path / "out"), cwd=tmp_path / "cwd")
+    assert "seed100 (4 development items, 2 members): chat_qfirst 75.00, plain_qlast 75.00, committee 100.00" in out
+    assert "pooled: best member 75.00, committee 100.00" in out

@@ -1,0 +1,130 @@
+"""Committee members on FPB's development seeds: is a committee of separately fine-tuned students above its best
+member, before any committee recipe is built into the product?
+
+    python benchmarks/experiments/committee_dev.py --data-root ../shared/data/semievol --seeds 100 101 102 103 104 \
+        [--out runs/committee_dev]
+    python benchmarks/experiments/committee_dev.py --report --out runs/committee_dev
+
+For each development seed S (100-104, never reported as results): 45 items of ``fpb/labeled.csv`` drawn with S are
+the budget, the other 407 labeled items the development set (no test item is read). One member per prompt pattern
+(chat or plain format, question first or last), each trained with ``semift fit`` on the 45 items for a fixed 150
+steps with its own seed, then scored on the development set with ``semift test``. ``--report`` prints each member's
+development accuracy, the committee's (the mean of the members' log-probabilities, uniform weights), and the
+committee after class-prior alignment to the budget's answer shares (a few EM steps), per seed and pooled.
+A finished member (its predictions exist) is not run again: rerun the command to continue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUDGET = 45
+STEPS = 150
+PATTERNS = {  # name -> (the member's semift arguments, its seed)
+    "chat_qfirst": ([], 11),
+    "chat_qlast": (["--data.question_last", "true"], 10),
+    "plain_qlast": (["--data.prompt_format", "plain", "--data.question_last", "true"], 12),
+    "plain_qfirst": (["--data.prompt_format", "plain"], 13),
+}
+
+
+def write_split(labeled: Path, seed: int, folder: Path) -> None:
+    """The budget and the development set of development seed ``seed``."""
+    with open(labeled, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in (("budget.csv", order[:BUDGET]), ("dev.csv", order[BUDGET:])):
+        with open(folder / name, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows[i] for i in sorted(part))
+
+
+def run_member(folder: Path, pattern: str) -> None:
+    extra, seed = PATTERNS[pattern]
+    run = folder / pattern
+    common = ["-c", str(REPO / "configs" / "fpb.yaml"), "--data.root", str(folder), "--data.labeled", "budget.csv",
+              "--data.unlabeled", "null", "--data.test", "dev.csv", "--data.test_overlap", "allow",
+              f"--trainer.logger.init_args.save_dir={run}", *extra]
+    semift = [sys.executable, "-c", "from semift_lightning.cli import main; main()"]
+    subprocess.run([*semift, "fit", *common, "--trainer.max_steps", str(STEPS), "--trainer.max_epochs", "-1",
+                    "--seed_everything", str(seed)], check=True)
+    subprocess.run([*semift, "test", *common, "--ckpt_path", str(run / "logs" / "checkpoints" / "last.ckpt")],
+                   check=True)
+
+
+def read(path: Path) -> dict[str, dict]:
+    return {row["id"]: row for row in map(json.loads, path.read_text().splitlines()) if row}
+
+
+def align(distributions: list[list[float]], prior: list[float], steps: int = 5) -> list[list[float]]:
+    """Re-weight each distribution by prior / (the distributions' mean) until their mean matches ``prior`` (EM on
+    the class prior, Saerens et al. 2002)."""
+    current = [list(d) for d in distributions]
+    for _ in range(steps):
+        mean = [sum(d[k] for d in current) / len(current) for k in range(len(prior))]
+        current = [[d[k] * prior[k] / max(mean[k], 1e-12) for k in range(len(prior))] for d in current]
+        current = [[p / sum(d) for p in d] for d in current]
+    return current
+
+
+def report(out: Path) -> None:
+    pooled: dict[str, list[float]] = {}
+    for folder in sorted(out.glob("seed*")):
+        members = {p.parent.parent.name: read(p) for p in sorted(folder.glob("*/logs/test_predictions.jsonl"))}
+        if not members:
+            continue
+        ids = sorted(set.intersection(*(set(m) for m in members.values())))
+        gold = [members[next(iter(members))][i]["gold"] for i in ids]
+        with open(folder / "budget.csv", newline="", encoding="utf-8") as handle:
+            shares = Counter(row["answer"] for row in csv.DictReader(handle))
+        prior = [(shares[letter] + 1) / (BUDGET + 3) for letter in "ABC"]
+        scores = {name: [float(m[i]["prediction"] == g) for i, g in zip(ids, gold)] for name, m in members.items()}
+        log_mean = [[sum(math.log(max(m[i]["option_probs"][k], 1e-12)) for m in members.values()) / len(members)
+                     for k in range(3)] for i in ids]
+        committee = [[math.exp(v) / sum(math.exp(w) for w in row) for v in row] for row in log_mean]
+        for name, rows in (("committee", committee), ("committee, prior-aligned", align(committee, prior))):
+            scores[name] = [float("ABC"[row.index(max(row))] == g) for row, g in zip(rows, gold)]
+        line = ", ".join(f"{name} {100 * sum(s) / len(s):.2f}" for name, s in scores.items())
+        print(f"{folder.name} ({len(ids)} development items, {len(members)} members): {line}")
+        best = max((n for n in members), key=lambda n: sum(scores[n]))
+        for name in ("best member", "committee", "committee, prior-aligned"):
+            pooled.setdefault(name, []).extend(scores[best if name == "best member" else name])
+    if pooled:
+        print("pooled: " + ", ".join(f"{name} {100 * sum(s) / len(s):.2f}" for name, s in pooled.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", help="the folder holding fpb/labeled.csv")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102, 103, 104])
+    parser.add_argument("--patterns", nargs="+", default=list(PATTERNS), choices=list(PATTERNS))
+    parser.add_argument("--out", default="runs/committee_dev")
+    parser.add_argument("--report", action="store_true", help="print the table of the members run so far")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if args.report:
+        report(out)
+        return
+    for seed in args.seeds:
+        folder = out / f"seed{seed}"
+        write_split(Path(args.data_root) / "fpb" / "labeled.csv", seed, folder)
+        for pattern in args.patterns:
+            if not (folder / pattern / "logs" / "test_predictions.jsonl").exists():
+                run_member(folder, pattern)
+    report(out)
+
+
+if __name__ == "__main__":
+    main()
