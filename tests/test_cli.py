@@ -162,7 +162,7 @@ def test_semievol_schedule_is_set_once_for_every_callback(tmp_path, tiny_model, 
 def test_semievol_schedule_without_a_callback_is_an_error(monkeypatch):
     monkeypatch.setattr("semift_lightning.student.loading.ModelSource.resolve", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ValueError, match=r"semievol: sets warmup_epochs, rounds but no SemiEvol callback is "
-                                         r"configured \(propagation, voting, selection, restart\)"):
+                                         r"configured \(propagation, voting, alignment, selection, restart\)"):
         run(["fit", "--semievol.warmup_epochs", "3", "--semievol.rounds", "2"])
 
 

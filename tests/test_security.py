@@ -204,10 +204,12 @@ def test_a_multi_part_source_is_joined_in_order_and_its_pin_checked_on_every_use
     assert path.name == "model.bin" and path.read_bytes() == b"first half, second half"
     assert fetch_joined_asset(f"{body}#sha256={digest}", cache, args) == path  # joined once, checked again
     wrong = "1" * 64
-    with pytest.raises(RuntimeError, match=f"the joined file .*model.bin has sha256 {digest}, the pin says {wrong}"):
+    with pytest.raises(RuntimeError, match=f"its parts join to a file with sha256 {digest}, the pin says {wrong}: "
+                                           f"check the pin"):
         fetch_joined_asset(f"{body}#sha256={wrong}", cache, args)
     with pytest.raises(ValueError, match="a multi-part source must end with #sha256="):
         fetch_joined_asset(body, cache, args)
     path.write_bytes(b"edited")
-    with pytest.raises(RuntimeError, match="the joined file .* has sha256 .*, the pin says"):
+    with pytest.raises(RuntimeError, match="the cached joined file .*model.bin has sha256 .*, the pin says .*: it was "
+                                           "changed since it was joined"):
         fetch_joined_asset(f"{body}#sha256={digest}", cache, args)

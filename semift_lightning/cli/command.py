@@ -24,6 +24,7 @@ from semift_lightning.console import evaluation_only_checkpoint_warnings, quiet_
 from semift_lightning.data.datamodule import SemiFTDataModule
 from semift_lightning.errors import ArgumentError, CheckpointError, OutputError, SemiFTError
 from semift_lightning.files import AtomicCheckpointIO, RunLock, read_checkpoint
+from semift_lightning.semievol.alignment import PriorAlignment
 from semift_lightning.semievol.propagation import InContextPropagation
 from semift_lightning.semievol.restart import RestartStudent
 from semift_lightning.semievol.schedule import Schedule
@@ -56,8 +57,8 @@ class SemiFTCLI(LightningCLI):
     their one schedule, set in each of them at instantiation.
     """
 
-    SEMIEVOL_KEYS = {"propagation": InContextPropagation, "voting": CollaborativeVoting, "selection": EntropySelection,
-                     "restart": RestartStudent}
+    SEMIEVOL_KEYS = {"propagation": InContextPropagation, "voting": CollaborativeVoting, "alignment": PriorAlignment,
+                     "selection": EntropySelection, "restart": RestartStudent}
     CHECKPOINT_NAMES = ("last", "best", "hpc", "registry")  # what Lightning resolves itself
 
     @property

@@ -1,6 +1,7 @@
 """The SemiEvol round as Lightning callbacks, one stage a file: in-context propagation, collaborative voting,
 entropy selection and restarting the student, talking only through the pseudo-label store."""
 
+from semift_lightning.semievol.alignment import PriorAlignment
 from semift_lightning.semievol.context import RoundContext
 from semift_lightning.semievol.propagation import InContextPropagation
 from semift_lightning.semievol.records import PseudoLabel, Vote
@@ -12,5 +13,6 @@ from semift_lightning.semievol.store import PseudoLabelStore
 from semift_lightning.semievol.views import View
 from semift_lightning.semievol.voting import CollaborativeVoting
 
-__all__ = ["CollaborativeVoting", "EntropySelection", "InContextPropagation", "PseudoLabel", "PseudoLabelStore",
-           "RestartStudent", "RoundContext", "Schedule", "SemiEvolStage", "View", "Vote", "run_round"]
+__all__ = ["CollaborativeVoting", "EntropySelection", "InContextPropagation", "PriorAlignment", "PseudoLabel",
+           "PseudoLabelStore", "RestartStudent", "RoundContext", "Schedule", "SemiEvolStage", "View", "Vote",
+           "run_round"]

@@ -20,7 +20,9 @@ class Combiner:
     settles_disputes: ClassVar[bool] = True  # its answer stands; False: a dispute goes to self-justification
     closed_form_only: ClassVar[bool] = True  # it needs option distributions
 
-    def __call__(self, votes: Sequence[Vote]) -> Vote:
+    def __call__(self, votes: Sequence[Vote], weights: Optional[Sequence[float]] = None,
+                 temperature: float = 1.0) -> Vote:
+        """One vote from the views' ``votes``, weighted by ``weights`` and softened by ``temperature``."""
         raise NotImplementedError
 
 
@@ -39,8 +41,8 @@ class MeanProbs(Combiner):
 
     name = "mean_probs"
 
-    def __call__(self, votes: Sequence[Vote]) -> Vote:
-        return mean_vote(votes)
+    def __call__(self, votes, weights=None, temperature=1.0) -> Vote:
+        return mean_vote(votes, False, weights, temperature)
 
 
 class MeanLogProbs(Combiner):
@@ -49,8 +51,8 @@ class MeanLogProbs(Combiner):
 
     name = "mean_log_probs"
 
-    def __call__(self, votes: Sequence[Vote]) -> Vote:
-        return mean_vote(votes, log=True)
+    def __call__(self, votes, weights=None, temperature=1.0) -> Vote:
+        return mean_vote(votes, True, weights, temperature)
 
 
 COMBINERS: dict[str, type[Combiner]] = {kind.name: kind for kind in (MajorityVote, MeanProbs, MeanLogProbs)}
@@ -91,14 +93,28 @@ def combine_votes(task, example: Example, votes: Sequence[Vote]) -> PseudoLabel:
     return record
 
 
-def mean_vote(votes: Sequence[Vote], log: bool = False) -> Vote:
+def mean_vote(votes: Sequence[Vote], log: bool = False, weights: Optional[Sequence[float]] = None,
+              temperature: float = 1.0) -> Vote:
     """One closed-form vote from several: the mean option distribution of those that answered (``log``: the
-    normalised mean of their log-probabilities), its most likely option and normalised entropy."""
-    answered = [v.probs for v in votes if v.answer is not None]
-    if not answered:
+    normalised mean of their log-probabilities), its most likely option and normalised entropy. ``weights``: each
+    vote's weight (default: equal); ``temperature`` above 1 softens the result (with ``log``, the mean
+    log-probabilities are divided by it before the softmax: PET's soft targets; otherwise the mean distribution is
+    raised to 1/temperature)."""
+    pairs = [(vote.probs, weight) for vote, weight in zip(votes, weights or [1.0] * len(votes))
+             if vote.answer is not None]
+    if not pairs:
         return Vote(None)
-    probs = torch.tensor(answered)
-    probs = probs.clamp_min(1e-12).log().mean(0).softmax(0) if log else probs.mean(0)
+    probs = torch.tensor([p for p, _ in pairs])
+    if weights is None:
+        probs = (probs.clamp_min(1e-12).log().mean(0) / temperature).softmax(0) if log else probs.mean(0)
+    else:
+        shares = torch.tensor([w for _, w in pairs], dtype=probs.dtype)[:, None]
+        shares = shares / shares.sum()
+        probs = ((probs.clamp_min(1e-12).log() * shares).sum(0) / temperature).softmax(0) if log \
+            else (probs * shares).sum(0)
+    if not log and temperature != 1.0:
+        probs = probs ** (1 / temperature)
+        probs = probs / probs.sum()
     return Vote(LETTERS[int(probs.argmax())], normalized_entropy(probs), probs.tolist())
 
 

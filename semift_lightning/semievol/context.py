@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import lightning as L
 import torch
@@ -15,6 +15,11 @@ from tqdm.auto import tqdm
 
 from semift_lightning.files import atomic_write_jsonl
 from semift_lightning.semievol.records import PseudoLabel
+from semift_lightning.tasks.example import Example
+
+if TYPE_CHECKING:
+    from semift_lightning.data.batch import Batch
+    from semift_lightning.semievol.contract import RoundData
 
 
 class RoundContext:
@@ -96,8 +101,9 @@ class RoundContext:
             experiment.add_histogram(name, torch.tensor(values), self.trainer.global_step)
 
 
-def map_pool(context: RoundContext, module, datamodule, split, examples, fn, description,
-              **loader_kwargs) -> dict[str, Any]:
+def map_pool(context: RoundContext, module: L.LightningModule, datamodule: RoundData, split: str,
+             examples: Sequence[Example], fn: Callable[[Batch], Sequence[Any]], description: str,
+             **loader_kwargs: Any) -> dict[str, Any]:
     """Run ``fn`` over this rank's shard of ``examples`` and gather one result per id from every rank. Stops
     before the next batch once any rank has received SIGTERM, as Lightning's own loops do."""
     loader = datamodule.pool_loader(split, examples, context.rank, context.world_size, **loader_kwargs)

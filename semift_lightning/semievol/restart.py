@@ -24,7 +24,7 @@ class RestartStudent(SemiEvolStage):
     """
 
     stage = "restart"
-    position = 3
+    position = 40
 
     def __init__(self, schedule: Optional[Schedule] = None) -> None:
         super().__init__(schedule)

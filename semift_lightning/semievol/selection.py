@@ -44,7 +44,7 @@ class EntropySelection(SemiEvolStage):
     """
 
     stage = "selection"
-    position = 2
+    position = 30
     selects = True
 
     def __init__(self, keep_fraction: float | str = 0.5, always_keep_unanimous: bool = False, per_answer: bool = False,

@@ -30,7 +30,8 @@ class SemiEvolStage(L.Callback):
     """
 
     stage: ClassVar[str] = ""  # the stage's name in metrics (``semievol/<stage>_seconds``) and in the store
-    position: ClassVar[int] = 0  # where the stage runs in a round, before stages of a larger position
+    position: ClassVar[int] = 0  # where the stage runs in a round, before stages of a larger position (the shipped
+    # stages stand at 0, 10, 20, 30, 40, leaving room between them)
     selects: ClassVar[bool] = False  # the stage decides which records train (without one, every answered one does)
 
     def __init__(self, schedule: Optional[Schedule] = None, **arguments: Any) -> None:

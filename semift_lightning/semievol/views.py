@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Optional, Sequence
+from typing import Callable, ClassVar, Optional, Sequence
 
 import lightning as L
 import torch
 
+from semift_lightning.data.batch import Batch
 from semift_lightning.distributions import normalized_entropy, option_vote
 from semift_lightning.semievol.combine import combine_votes, label_propagation_vote
 from semift_lightning.semievol.context import RoundContext, map_pool
 from semift_lightning.semievol.contract import Generator, OptionScorer, RoundData
 from semift_lightning.semievol.records import PseudoLabel, Vote
 from semift_lightning.tasks.example import Example
+from semift_lightning.tasks.kinds import Task
 
 STUDENT, BASE = "student", "base"
 
@@ -51,7 +53,7 @@ def as_views(views: Optional[list]) -> list[View]:
             for view in views]
 
 
-def scorer_protocol(task) -> type:
+def scorer_protocol(task: Task) -> type:
     """The protocol a view answers with: option scoring (closed-form) or generation (free-form)."""
     return OptionScorer if task.closed_form else Generator
 
@@ -59,7 +61,7 @@ def scorer_protocol(task) -> type:
 class use_adapter:
     """Context: run with the student's adapter, adapters disabled ("base"), or a saved adapter."""
 
-    def __init__(self, module, adapter: str, name: str) -> None:
+    def __init__(self, module: L.LightningModule, adapter: str, name: str) -> None:
         self.module, self.adapter, self.name = module, adapter, name
         self.context = None
 
@@ -81,10 +83,10 @@ class use_adapter:
             self.module.model.set_adapter(self.active)  # also makes the student's adapter trainable again
 
 
-def answerer(module, task, view: View):
+def answerer(module: L.LightningModule, task: Task, view: View) -> Callable[[Batch], list[Vote]]:
     """A function from a batch to one vote per item: answer, option distribution or text, uncertainty."""
     if task.closed_form:
-        def closed(batch) -> list[Vote]:
+        def closed(batch: Batch) -> list[Vote]:
             votes = []
             for example, row in zip(batch["examples"], module.option_log_probs(batch)):
                 answer, probs = option_vote(row, len(example.options))
@@ -92,7 +94,7 @@ def answerer(module, task, view: View):
             return votes
         return closed
 
-    def free(batch) -> list[Vote]:
+    def free(batch: Batch) -> list[Vote]:
         if view.temperature > 0:
             torch.manual_seed(view.seed)
         examples = batch["examples"]

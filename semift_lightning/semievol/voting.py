@@ -9,6 +9,7 @@ import lightning as L
 
 from semift_lightning.semievol.combine import (
     COMBINERS,
+    MajorityVote,
     candidates_shown,
     combine_votes,
     mean_vote,
@@ -51,19 +52,25 @@ class CollaborativeVoting(SemiEvolStage):
             "mean_log_probs" (the views' mean option distribution, closed-form tasks).
         text_chars: free-form tasks: each view's generated text is kept in the round's records (``view_texts``,
             so the JSONL shows why a pseudo-label is what it is), cut to this many characters.
+        view_weights: with a distribution combiner, each view's weight in the mean (default: equal), e.g. each
+            committee member's accuracy on the labeled items (PET's weighting).
+        temperature: with a distribution combiner, above 1 softens the combined distribution, the soft target
+            (PET distils with 2).
         schedule: when the rounds run (the same in every SemiEvol callback).
 
     Voting never selects: without a selection stage in the round, every answered item trains with its answer.
     """
 
     stage = "voting"
-    position = 1
+    position = 10
 
     def __init__(self, views: Optional[list[View]] = None, self_justification: bool = True,
                  average_candidate_orders: bool = True, combine: str = "vote", text_chars: int = 500,
+                 view_weights: Optional[list[float]] = None, temperature: float = 1.0,
                  schedule: Optional[Schedule] = None) -> None:
         super().__init__(schedule, views=as_views(views), self_justification=self_justification,
-                         average_candidate_orders=average_candidate_orders, combine=combine, text_chars=text_chars)
+                         average_candidate_orders=average_candidate_orders, combine=combine, text_chars=text_chars,
+                         view_weights=view_weights, temperature=temperature)
 
     @classmethod
     def argument_problems(cls, **given: Any) -> list[str]:
@@ -71,6 +78,15 @@ class CollaborativeVoting(SemiEvolStage):
         views, combine, text_chars = arguments["views"], arguments["combine"], arguments["text_chars"]
         self_justification = arguments["self_justification"]
         problems = super().argument_problems(**given)
+        weights, temperature = arguments["view_weights"], arguments["temperature"]
+        if not temperature > 0:
+            problems.append(f"temperature: must be positive, got {temperature}")
+        if weights is not None and (len(weights) != len(as_views(views)) or not all(w > 0 for w in weights)):
+            problems.append(f"view_weights: needs one positive weight per view ({len(as_views(views))}), got "
+                            f"{weights}")
+        if (weights is not None or temperature != 1.0) and not COMBINERS.get(combine, MajorityVote).settles_disputes:
+            problems.append(f"view_weights / temperature: weigh and soften a distribution combiner's mean; combine "
+                            f"is {combine!r}")
         if text_chars < 0:
             problems.append(f"text_chars: must be at least 0, got {text_chars}")
         views = as_views(views)
@@ -142,7 +158,7 @@ class CollaborativeVoting(SemiEvolStage):
             if not task.closed_form:
                 record.view_texts = [(vote.text or "")[:self.text_chars] for vote in votes]
             if combiner.settles_disputes:
-                combined = combiner(votes)
+                combined = combiner(votes, self.view_weights, self.temperature)
                 record.answer, record.uncertainty, record.probs = combined.answer, combined.uncertainty, combined.probs
             elif record.disputed and self.self_justification:
                 disputed[example.id] = candidates_shown(task, example, votes)
