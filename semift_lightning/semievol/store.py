@@ -26,6 +26,7 @@ class PseudoLabelStore:
         self.epoch = -1  # the epoch that round ended (-1: before the first, which then trains on them)
         self.stages_done: dict[str, int] = {}  # stage name -> the last round it finished
         self.pool_gold: dict[str, Optional[str]] = {}
+        self.legacy = False  # restored from a checkpoint that predates per-stage bookkeeping
 
     def records_of(self, round_index: int) -> list[PseudoLabel]:
         """The records of round ``round_index``: what the stages before have written in it, or none."""
@@ -78,8 +79,6 @@ class PseudoLabelStore:
         if epoch is not None and epoch <= self.epoch:
             return []
         return [record for record in self.records if record.selected]
-
-    legacy = False  # restored from a checkpoint that predates per-stage bookkeeping
 
     def state_dict(self) -> dict[str, Any]:
         return {"pseudo_labels": [record.as_dict() for record in self.records], "pseudo_round": self.round,
