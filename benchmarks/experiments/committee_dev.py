@@ -26,6 +26,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import torch
+
+from semift_lightning.distributions import align_to_prior
+
 REPO = Path(__file__).resolve().parents[2]
 BUDGET = 45
 STEPS = 150
@@ -68,17 +72,6 @@ def read(path: Path) -> dict[str, dict]:
     return {row["id"]: row for row in map(json.loads, path.read_text().splitlines()) if row}
 
 
-def align(distributions: list[list[float]], prior: list[float], steps: int = 5) -> list[list[float]]:
-    """Re-weight each distribution by prior / (the distributions' mean) until their mean matches ``prior`` (EM on
-    the class prior, Saerens et al. 2002)."""
-    current = [list(d) for d in distributions]
-    for _ in range(steps):
-        mean = [sum(d[k] for d in current) / len(current) for k in range(len(prior))]
-        current = [[d[k] * prior[k] / max(mean[k], 1e-12) for k in range(len(prior))] for d in current]
-        current = [[p / sum(d) for p in d] for d in current]
-    return current
-
-
 def report(out: Path) -> None:
     pooled: dict[str, list[float]] = {}
     for folder in sorted(out.glob("seed*")):
@@ -94,7 +87,9 @@ def report(out: Path) -> None:
         log_mean = [[sum(math.log(max(m[i]["option_probs"][k], 1e-12)) for m in members.values()) / len(members)
                      for k in range(3)] for i in ids]
         committee = [[math.exp(v) / sum(math.exp(w) for w in row) for v in row] for row in log_mean]
-        for name, rows in (("committee", committee), ("committee, prior-aligned", align(committee, prior))):
+        aligned = align_to_prior(torch.tensor(committee, dtype=torch.float64),
+                                 torch.tensor(prior, dtype=torch.float64)).tolist()
+        for name, rows in (("committee", committee), ("committee, prior-aligned", aligned)):
             scores[name] = [float("ABC"[row.index(max(row))] == g) for row, g in zip(rows, gold)]
         line = ", ".join(f"{name} {100 * sum(s) / len(s):.2f}" for name, s in scores.items())
         print(f"{folder.name} ({len(ids)} development items, {len(members)} members): {line}")

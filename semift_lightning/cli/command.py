@@ -34,7 +34,7 @@ from semift_lightning.semievol.voting import CollaborativeVoting
 from semift_lightning.shipped import check_config_files, with_shipped_paths
 from semift_lightning.student.loading import as_stored
 from semift_lightning.student.module import SemiFTModule
-from semift_lightning.student.outputs import check_outputs
+from semift_lightning.student.outputs import check_outputs, checkpoint_folders
 
 
 def default_precision() -> str:
@@ -149,7 +149,7 @@ class SemiFTCLI(LightningCLI):
         if self.command_config.get("ckpt_path"):
             return
         log = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        folders = {Path(c.dirpath) for c in self.trainer.checkpoint_callbacks if c.dirpath} | {log / "checkpoints"}
+        folders = checkpoint_folders(self.trainer) | {log / "checkpoints"}
         checkpoints = sorted(path for folder in folders for path in folder.glob("*.ckpt"))
         if checkpoints and not self.command_config.get("overwrite"):
             raise OutputError(f"{checkpoints[0].parent}: an earlier fit left its checkpoints here "
@@ -267,14 +267,10 @@ def main(args=None) -> None:
     half-trained model."""
     quiet_library_noise()
     given = with_shipped_paths(sys.argv[1:] if args is None else list(args))
-    try:
-        check_config_files(given)
-    except SemiFTError as err:
-        sys.stderr.write(f"semift: error: {err}\n")
-        sys.exit(2)
     if args is None:  # LightningCLI reads sys.argv itself (and warns when handed arguments beside it)
         sys.argv[1:] = given
     try:
+        check_config_files(given)
         if given[:1] and given[0] in TOOLS:
             importlib.import_module(TOOLS[given[0]]).main(given[1:])
         else:

@@ -197,12 +197,6 @@ def to_examples(rows: Sequence[dict], task: Task, columns: Columns, name: str,
         elif require_answer:
             problem(columns.answer, "is missing or empty")
             continue
-        elif options is not None:
-            try:
-                task.canonical_answer("A", options)  # checks the option count
-            except ValueError as err:
-                problem(option_fields[0] if option_fields else "options", str(err))
-                continue
         example_id = str(row[columns.id]).strip() if columns.id else str(number)
         if columns.id and _is_missing(row.get(columns.id)):
             problem(columns.id, "is missing or empty")

@@ -10,12 +10,17 @@ from semift_lightning.errors import OutputError
 from semift_lightning.files import check_writable, remove_interrupted_writes
 
 
+def checkpoint_folders(trainer: L.Trainer) -> set[Path]:
+    """The folders the trainer's checkpoint callbacks write into (those that name one)."""
+    return {Path(callback.dirpath) for callback in trainer.checkpoint_callbacks if callback.dirpath}
+
+
 def check_outputs(trainer: L.Trainer, fitting: bool, needed_bytes: int = 0, clear_interrupted_writes: bool = False):
     """Raise, on every rank, where the log folder or (when fitting) a checkpoint folder cannot be written or lacks
     ``needed_bytes``. Rank zero checks, and clears temporary files that a killed run's writes left when asked."""
     folders = {Path(trainer.log_dir or trainer.default_root_dir)}  # log_dir is collective: every rank asks
     if fitting:
-        folders |= {Path(callback.dirpath) for callback in trainer.checkpoint_callbacks if callback.dirpath}
+        folders |= checkpoint_folders(trainer)
     problems = []
     if trainer.is_global_zero:
         problems = [problem for problem in (check_writable(f, needed_bytes) for f in sorted(folders)) if problem]
