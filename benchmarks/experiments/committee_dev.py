@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import random
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from semift_lightning.analysis.stats import read_predictions
 from semift_lightning.distributions import align_to_prior
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,7 +69,7 @@ def run_member(folder: Path, pattern: str) -> None:
 
 
 def read(path: Path) -> dict[str, dict]:
-    return {row["id"]: row for row in map(json.loads, path.read_text().splitlines()) if row}
+    return {row["id"]: row for row in read_predictions(path)}
 
 
 def report(out: Path) -> None:
