@@ -162,7 +162,7 @@ def test_semievol_schedule_is_set_once_for_every_callback(tmp_path, tiny_model, 
 def test_semievol_schedule_without_a_callback_is_an_error(monkeypatch):
     monkeypatch.setattr("semift_lightning.student.loading.ModelSource.resolve", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ValueError, match=r"semievol: sets warmup_epochs, rounds but no SemiEvol callback is "
-                                         r"configured \(propagation, voting, alignment, selection, restart\)"):
+                                         r"configured \(propagation, voting, committee, alignment, selection, restart\)"):
         run(["fit", "--semievol.warmup_epochs", "3", "--semievol.rounds", "2"])
 
 
@@ -220,7 +220,7 @@ def test_argument_checks_take_their_defaults_from_the_signatures():
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "callbacks").glob("*.yaml")))
-def test_every_recipe_runs_its_round_on_a_numeric_task(tmp_path, tiny_model, recipe, monkeypatch):
+def test_every_recipe_runs_its_round_on_a_numeric_task(tmp_path, tiny_model, recipe, monkeypatch, capsys):
     from semift_lightning.testing import write_csv
     (tmp_path / "data" / "convfinqa").mkdir(parents=True)
     for split, start, count in (("labeled", 0, 12), ("unlabeled", 100, 10), ("test", 200, 4)):
@@ -231,6 +231,11 @@ def test_every_recipe_runs_its_round_on_a_numeric_task(tmp_path, tiny_model, rec
             "--data.task", "convfinqa", "--data.labeled", "convfinqa/labeled.csv", "--data.unlabeled",
             "convfinqa/unlabeled.csv", "--data.test", "convfinqa/test.csv", "--model.max_new_tokens", "4",
             "--semievol.warmup_epochs", "1", "--semievol.rounds", "1"]
+    if recipe == "committee.yaml":  # soft targets need option distributions: refused with the other arguments
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2 and "soft_pseudo_labels: needs a closed-form task" in capsys.readouterr().err
+        return
     if recipe == "label_propagation.yaml":  # label propagation and the labeled answer mix need shared options
         monkeypatch.setattr("semift_lightning.student.loading.ModelSource.load_model",
                             lambda *a, **k: pytest.fail("the model loaded before the refusal"))

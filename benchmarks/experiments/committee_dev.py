@@ -4,6 +4,11 @@ member, before any committee recipe is built into the product?
     python benchmarks/experiments/committee_dev.py --data-root ../shared/data/semievol --seeds 100 101 102 103 104 \
         [--out runs/committee_dev]
     python benchmarks/experiments/committee_dev.py --report --out runs/committee_dev
+    python benchmarks/experiments/committee_dev.py --recipe --data-root ../shared/data/semievol --seeds 100
+
+``--recipe`` runs, per development seed and in one command, SFT (the default pattern, 150 steps) and the shipped
+committee recipe (``callbacks/committee.yaml``: members trained inside the fit, distilled into the student over FPB's
+1359-item unlabeled pool), each scored on the development set, and prints their accuracies and wall times.
 
 For each development seed S (100-104, never reported as results): 45 items of ``fpb/labeled.csv`` drawn with S are
 the budget, the other 407 labeled items the development set (no test item is read). One member per prompt pattern
@@ -18,10 +23,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import random
+import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -29,6 +37,7 @@ import torch
 
 from semift_lightning.analysis.stats import read_predictions
 from semift_lightning.distributions import align_to_prior
+from semift_lightning.files import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[2]
 BUDGET = 45
@@ -42,7 +51,7 @@ PATTERNS = {  # name -> (the member's semift arguments, its seed)
 
 
 def write_split(labeled: Path, seed: int, folder: Path) -> None:
-    """The budget and the development set of development seed ``seed``."""
+    """The budget and the development set of development seed ``seed``, and the unlabeled pool beside them."""
     with open(labeled, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     order = list(range(len(rows)))
@@ -53,19 +62,46 @@ def write_split(labeled: Path, seed: int, folder: Path) -> None:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows[i] for i in sorted(part))
+    shutil.copyfile(labeled.parent / "unlabeled.csv", folder / "unlabeled.csv")
 
 
-def run_member(folder: Path, pattern: str) -> None:
-    extra, seed = PATTERNS[pattern]
-    run = folder / pattern
-    common = ["-c", str(REPO / "configs" / "fpb.yaml"), "--data.root", str(folder), "--data.labeled", "budget.csv",
+def run_member(folder: Path, pattern: str) -> float:
+    """Fit and score one member (``sft`` for the recipe's baseline); returns the seconds its fit and test took."""
+    extra, seed = PATTERNS["chat_qfirst" if pattern == "sft" else pattern]
+    return fit_and_test(folder / pattern, [*extra, "--trainer.max_steps", str(STEPS), "--trainer.max_epochs", "-1",
+                                           "--seed_everything", str(seed)])
+
+
+def run_recipe(folder: Path) -> float:
+    """Fit the committee recipe on the budget and the pool, and score the student on the development set."""
+    return fit_and_test(folder / "committee", ["-c", str(REPO / "callbacks" / "committee.yaml"),
+                                               "--data.unlabeled", "unlabeled.csv"])
+
+
+def fit_and_test(run: Path, extra: list[str]) -> float:
+    common = ["-c", str(REPO / "configs" / "fpb.yaml"), "--data.root", str(run.parent), "--data.labeled", "budget.csv",
               "--data.unlabeled", "null", "--data.test", "dev.csv", "--data.test_overlap", "allow",
-              f"--trainer.logger.init_args.save_dir={run}", *extra]
+              f"--trainer.logger.init_args.save_dir={run}"]
     semift = [sys.executable, "-c", "from semift_lightning.cli import main; main()"]
-    subprocess.run([*semift, "fit", *common, "--trainer.max_steps", str(STEPS), "--trainer.max_epochs", "-1",
-                    "--seed_everything", str(seed)], check=True)
+    start = time.perf_counter()
+    subprocess.run([*semift, "fit", *common, *extra], check=True)
     subprocess.run([*semift, "test", *common, "--ckpt_path", str(run / "logs" / "checkpoints" / "last.ckpt")],
                    check=True)
+    return time.perf_counter() - start
+
+
+def recipe_report(out: Path) -> None:
+    """Each seed's SFT and distilled student on the development set, with their wall times."""
+    for folder in sorted(out.glob("seed*")):
+        runs = {name: folder / name / "logs" for name in ("sft", "committee")}
+        if not all((logs / "test_summary.json").exists() for logs in runs.values()):
+            continue
+        accuracy = {name: 100 * json.loads((logs / "test_summary.json").read_text())["accuracy"]
+                    for name, logs in runs.items()}
+        times = json.loads((folder / "recipe_seconds.json").read_text())
+        print(f"{folder.name}: SFT {accuracy['sft']:.2f} in {times['sft']:.0f} s; committee recipe (distilled "
+              f"student) {accuracy['committee']:.2f} in {times['committee']:.0f} s "
+              f"({times['committee'] / times['sft']:.1f}x SFT's wall time)")
 
 
 def read(path: Path) -> dict[str, dict]:
@@ -107,10 +143,19 @@ def main() -> None:
     parser.add_argument("--patterns", nargs="+", default=list(PATTERNS), choices=list(PATTERNS))
     parser.add_argument("--out", default="runs/committee_dev")
     parser.add_argument("--report", action="store_true", help="print the table of the members run so far")
+    parser.add_argument("--recipe", action="store_true", help="run SFT and the committee recipe, timed")
     args = parser.parse_args()
     out = Path(args.out)
     if args.report:
-        report(out)
+        (recipe_report if args.recipe else report)(out)
+        return
+    if args.recipe:
+        for seed in args.seeds:
+            folder = out / f"seed{seed}"
+            write_split(Path(args.data_root) / "fpb" / "labeled.csv", seed, folder)
+            times = {"sft": run_member(folder, "sft"), "committee": run_recipe(folder)}
+            atomic_write_json(folder / "recipe_seconds.json", times)
+        recipe_report(out)
         return
     for seed in args.seeds:
         folder = out / f"seed{seed}"

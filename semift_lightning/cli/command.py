@@ -25,6 +25,7 @@ from semift_lightning.data.datamodule import SemiFTDataModule
 from semift_lightning.errors import ArgumentError, CheckpointError, OutputError, SemiFTError
 from semift_lightning.files import AtomicCheckpointIO, RunLock, read_checkpoint
 from semift_lightning.semievol.alignment import PriorAlignment
+from semift_lightning.semievol.committee import CommitteeVoting
 from semift_lightning.semievol.propagation import InContextPropagation
 from semift_lightning.semievol.restart import RestartStudent
 from semift_lightning.semievol.schedule import Schedule
@@ -52,13 +53,13 @@ def default_precision() -> str:
 class SemiFTCLI(LightningCLI):
     """Checks every model and data argument before anything loads and reports all problems in one error.
 
-    The SemiEvol callbacks have their own keys (``propagation``, ``voting``, ``selection``) so that a recipe in
-    ``callbacks/`` composes with any config without replacing its ``trainer.callbacks`` list; ``semievol.*`` is
-    their one schedule, set in each of them at instantiation.
+    The SemiEvol callbacks have their own keys (``propagation``, ``voting`` or ``committee``, ``alignment``,
+    ``selection``, ``restart``) so that a recipe in ``callbacks/`` composes with any config without replacing its
+    ``trainer.callbacks`` list; ``semievol.*`` is their one schedule, set in each of them at instantiation.
     """
 
-    SEMIEVOL_KEYS = {"propagation": InContextPropagation, "voting": CollaborativeVoting, "alignment": PriorAlignment,
-                     "selection": EntropySelection, "restart": RestartStudent}
+    SEMIEVOL_KEYS = {"propagation": InContextPropagation, "voting": CollaborativeVoting, "committee": CommitteeVoting,
+                     "alignment": PriorAlignment, "selection": EntropySelection, "restart": RestartStudent}
     CHECKPOINT_NAMES = ("last", "best", "hpc", "registry")  # what Lightning resolves itself
 
     @property

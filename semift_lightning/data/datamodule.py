@@ -3,6 +3,7 @@ and holds the pseudo-label store."""
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from dataclasses import replace
@@ -14,6 +15,8 @@ from torch.utils.data import DataLoader
 
 from semift_lightning.arguments import bound_arguments, raise_problems
 from semift_lightning.data.batch import IGNORE_INDEX, Collator
+from semift_lightning.data.noise import drop_words
+from semift_lightning.data.patterns import PromptPattern
 from semift_lightning.data.prompts import PROMPT_FORMATS, PromptBuilder, PromptTooLong
 from semift_lightning.data.sampler import LengthGroupedSampler
 from semift_lightning.data.split_files import SplitFiles
@@ -81,6 +84,9 @@ class SemiFTDataModule(SplitFiles, L.LightningDataModule):
             ``Task.user_content``). Where every item has the same options (sentiment, yes/no/maybe), every prompt
             then opens with the same tokens, which training and option scoring run once per batch instead of once
             per item. Off: the question comes first, as in SemiEvol's prompts.
+        pseudo_word_dropout: each word of a pseudo-labeled item's question is dropped with this probability in
+            training, drawn anew each epoch with the seed (the noised student of Noisy Student: the teacher labelled
+            the clean text); 0: off.
     """
 
     def __init__(self, task: str = "multiple_choice", root: Optional[str] = None, labeled: Optional[str] = None,
@@ -91,7 +97,8 @@ class SemiFTDataModule(SplitFiles, L.LightningDataModule):
                  system_prompt: Optional[str] = None, cache_dir: Optional[str] = None, pseudo_weight: float = 1.0,
                  test_overlap: str = "error", view_prompt_fraction: float = 0.0,
                  view_prompt_demonstrations: int = 2, question_last: bool = False, val_fraction: float = 0.0,
-                 soft_pseudo_labels: bool = False, prompt_format: Optional[str] = None) -> None:
+                 soft_pseudo_labels: bool = False, prompt_format: Optional[str] = None,
+                 pseudo_word_dropout: float = 0.0) -> None:
         super().__init__()
         raise_problems("invalid data arguments",
                        self.argument_problems(**{k: v for k, v in locals().items() if k not in ("self", "__class__")}))
@@ -117,6 +124,7 @@ class SemiFTDataModule(SplitFiles, L.LightningDataModule):
         self.val_fraction = val_fraction
         self.soft_pseudo_labels = soft_pseudo_labels
         self.prompt_format = prompt_format
+        self.pseudo_word_dropout = pseudo_word_dropout
         self.prompts: Optional[PromptBuilder] = None
         self.examples: dict[str, list[Example]] = {}
         self.split_names: dict[str, str] = {}
@@ -165,6 +173,8 @@ class SemiFTDataModule(SplitFiles, L.LightningDataModule):
         if prompt_format not in (None, *PROMPT_FORMATS):
             problems.append(f"data.prompt_format: must be {' or '.join(PROMPT_FORMATS)} or unset, got "
                             f"{prompt_format!r}")
+        if not 0 <= a["pseudo_word_dropout"] < 1:
+            problems.append(f"data.pseudo_word_dropout: must be in [0, 1), got {a['pseudo_word_dropout']}")
         if not 0 <= val_fraction < 1:
             problems.append(f"data.val_fraction: must be in [0, 1), got {val_fraction}")
         elif val_fraction and val:
@@ -186,6 +196,23 @@ class SemiFTDataModule(SplitFiles, L.LightningDataModule):
         ``datamodule.connect(module.tokenizer, module.max_context_length)``."""
         self.prompts = PromptBuilder(tokenizer, self.task, min(self.max_length, max_context_length or self.max_length),
                                      self.system_prompt, self.prompt_format)
+
+    def in_pattern(self, pattern: PromptPattern) -> "SemiFTDataModule":
+        """This DataModule asking in ``pattern``: the same splits and store, prompts built in the pattern."""
+        asked = copy.copy(self)
+        asked.task = pattern.applied_to(self.task)
+        asked.prompts = PromptBuilder(self.prompts.tokenizer, asked.task, self.prompts.max_length, self.system_prompt,
+                                      pattern.prompt_format or self.prompts.prompt_format)
+        asked.truncated = {}
+        return asked
+
+    def labeled_loader(self, seed: int, pseudo: Sequence[Example] = ()) -> DataLoader:
+        """The labeled items with their answers, and ``pseudo`` items with theirs, in training batches shuffled with
+        ``seed`` (and the sampler's epoch): what a committee member trains on."""
+        items = (self.encode("labeled", self._require("labeled"), with_target=True)
+                 + self.encode("pseudo", pseudo, with_target=True))
+        sampler = LengthGroupedSampler([len(item["input_ids"]) for item in items], self.batch_size, seed)
+        return self._loader(items, self.batch_size, sampler)
 
     def setup(self, stage: str) -> None:
         if self.prompts is None:
@@ -239,7 +266,11 @@ class SemiFTDataModule(SplitFiles, L.LightningDataModule):
         """Encoded training items: the labeled set and the store's selected pseudo-labeled items. A round's items
         join from the epoch after the one it ended, also when a fit resumes from a checkpoint saved inside that
         epoch."""
-        pseudo = self.pseudo_examples(self.trainer.current_epoch if self.trainer else None)
+        epoch = self.trainer.current_epoch if self.trainer else None
+        pseudo = self.pseudo_examples(epoch)
+        if self.pseudo_word_dropout:
+            rng = random.Random(f"{self.seed}/{epoch}/noise")
+            pseudo = [replace(e, question=drop_words(e.question, self.pseudo_word_dropout, rng)) for e in pseudo]
         labeled = self._require("labeled")
         soft = {r.id: r.probs for r in self.store.records if r.probs} if self.soft_pseudo_labels else None
         return (self.encode("labeled", labeled, with_target=True, **self.view_prompts("labeled", labeled))

@@ -93,6 +93,15 @@ def combine_votes(task, example: Example, votes: Sequence[Vote]) -> PseudoLabel:
     return record
 
 
+def distribution_record(task, example: Example, votes: Sequence[Vote], combiner: Combiner,
+                        weights: Optional[Sequence[float]] = None, temperature: float = 1.0) -> PseudoLabel:
+    """One item's record whose answer, uncertainty and distribution are the distribution ``combiner``'s."""
+    record = combine_votes(task, example, votes)
+    combined = combiner(votes, weights, temperature)
+    record.answer, record.uncertainty, record.probs = combined.answer, combined.uncertainty, combined.probs
+    return record
+
+
 def mean_vote(votes: Sequence[Vote], log: bool = False, weights: Optional[Sequence[float]] = None,
               temperature: float = 1.0) -> Vote:
     """One closed-form vote from several: the mean option distribution of those that answered (``log``: the

@@ -62,18 +62,31 @@ class RoundContext:
         """Eval mode, no gradients, the trainer's precision; the module's mode comes back afterwards."""
         was_training = module.training
         module.eval()
-        if self.trainer:
-            precision = self.trainer.precision_plugin.forward_context()
-        elif self.precision in ("bf16-mixed", "16-mixed"):
-            dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.float16
-            precision = torch.autocast(torch.device(self.device or module.device).type, dtype=dtype)
-        else:
-            precision = nullcontext()
         try:
-            with torch.no_grad(), precision:
+            with torch.no_grad(), self._precision(module):
                 yield
         finally:
             module.train(was_training)
+
+    @contextmanager
+    def training(self, module: L.LightningModule) -> Iterator[None]:
+        """Train mode, gradients on (also inside Lightning's validation loop, which runs in inference mode), the
+        trainer's precision; the module's mode comes back afterwards."""
+        was_training = module.training
+        module.train()
+        try:
+            with torch.inference_mode(False), torch.enable_grad(), self._precision(module):
+                yield
+        finally:
+            module.train(was_training)
+
+    def _precision(self, module: L.LightningModule):
+        if self.trainer:
+            return self.trainer.precision_plugin.forward_context()
+        if self.precision in ("bf16-mixed", "16-mixed"):
+            dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.float16
+            return torch.autocast(torch.device(self.device or module.device).type, dtype=dtype)
+        return nullcontext()
 
     def publish(self, module: L.LightningModule, records: Sequence[PseudoLabel], metrics: dict, epoch: int) -> None:
         """Log a stage's metrics (``semievol/*``) and write the round's records as they stand (rank zero, then a

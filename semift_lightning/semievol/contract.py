@@ -47,6 +47,15 @@ class LabeledAnswers(Protocol):
     def labeled_answers(self) -> list[str]: ...
 
 
+class CommitteeData(Protocol):
+    """A DataModule that asks its task in other prompt patterns and serves its labeled items for training
+    (``CommitteeVoting``)."""
+
+    def in_pattern(self, pattern: Any) -> "RoundData": ...
+
+    def labeled_loader(self, seed: int, pseudo: Sequence[Example] = ()) -> DataLoader: ...
+
+
 class OptionScorer(Protocol):
     """A module that scores closed-form options: (batch, 10) log-probabilities of the option letters as the answer's
     first token, -inf past an item's option count."""
@@ -73,6 +82,18 @@ class PeftStudent(Protocol):
     """A module whose ``model`` is a peft model (a view with the ``base`` model or a saved adapter)."""
 
     model: Any
+
+
+class MemberStudent(Protocol):
+    """A module that trains committee members beside its own adapter (``CommitteeVoting``): a peft ``model``, the
+    ``LoraConfig`` of a fresh adapter, its optimizer settings and the loss of a training batch."""
+
+    model: Any
+    optim_args: Any
+
+    def lora_config(self) -> Any: ...
+
+    def answer_loss(self, batch: Batch) -> torch.Tensor: ...
 
 
 class RestartableStudent(Protocol):

@@ -171,8 +171,11 @@ def check_round(stages: Sequence[SemiEvolStage], module: L.LightningModule, data
                              f"({', '.join(dict.fromkeys(p.__name__ for p in protocols))})")
     positions = [stage.position for stage in stages]
     if positions != sorted(set(positions)):
+        order = {}  # position -> the kinds that stand there (alternatives: one of them per round)
+        for kind in stage_kinds():
+            order.setdefault(kind.position, []).append(kind.__name__)
         raise ValueError(f"the SemiEvol callbacks run in trainer.callbacks order, at most one of each: "
-                         f"{' before '.join(kind.__name__ for kind in stage_kinds())}; got "
+                         f"{' before '.join(' or '.join(sorted(names)) for names in order.values())}; got "
                          f"{', '.join(type(s).__name__ for s in stages)}")
     for stage in stages:
         if stage.schedule != stages[0].schedule:

@@ -12,6 +12,7 @@ from semift_lightning.semievol.combine import (
     MajorityVote,
     candidates_shown,
     combine_votes,
+    distribution_record,
     mean_vote,
 )
 from semift_lightning.semievol.context import RoundContext, map_pool
@@ -153,14 +154,12 @@ class CollaborativeVoting(SemiEvolStage):
         records, disputed = [], {}
         for example in pool:
             votes = [view_answers[example.id] for view_answers in answers]
-            record = combine_votes(task, example, votes)
+            record = (distribution_record(task, example, votes, combiner, self.view_weights, self.temperature)
+                      if combiner.settles_disputes else combine_votes(task, example, votes))
             record.neighbours = [(other.id, similarity) for other, similarity in neighbours.get(example.id, [])]
             if not task.closed_form:
                 record.view_texts = [(vote.text or "")[:self.text_chars] for vote in votes]
-            if combiner.settles_disputes:
-                combined = combiner(votes, self.view_weights, self.temperature)
-                record.answer, record.uncertainty, record.probs = combined.answer, combined.uncertainty, combined.probs
-            elif record.disputed and self.self_justification:
+            if not combiner.settles_disputes and record.disputed and self.self_justification:
                 disputed[example.id] = candidates_shown(task, example, votes)
             records.append(record)
         if disputed:

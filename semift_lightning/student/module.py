@@ -30,7 +30,7 @@ from semift_lightning.student.loading import (
     as_stored,
 )
 from semift_lightning.student.outputs import check_outputs, summarize
-from semift_lightning.student.settings import LoRAArgs, OptimizerArgs
+from semift_lightning.student.settings import LoRAArgs, OptimizerArgs, warmup_then_linear_decay
 from semift_lightning.tasks.kinds import Task
 
 
@@ -58,28 +58,35 @@ class SemiFTModule(StudentInference, L.LightningModule):
         quantization: the frozen base's linear layers in ``nf4`` (4-bit NormalFloat, QLoRA) or ``int8`` through
             bitsandbytes, or ``none``; the LoRA adapter trains on top in ``base_dtype``, checkpoints still hold only
             the adapter, and ``export_adapter(merge=True)`` refuses (merging would round the adapter into the base).
+        distillation_temperature: an item with a soft target (``data.soft_pseudo_labels``) trains on the
+            cross-entropy between it and the student's option-letter probabilities at this temperature, scaled by
+            its square (knowledge distillation; PET distils with 2 against targets softened by the same).
     """
 
     def __init__(self, model: str = SMOLLM2_135M_INSTRUCT, lora: LoRAArgs = LoRAArgs(),
                  optimizer: OptimizerArgs = OptimizerArgs(), adapter: Optional[str] = None, base_dtype: str = "auto",
                  max_new_tokens: int = 32, share_prompt_prefix: Optional[bool] = None,
                  gradient_checkpointing: bool = False, trust_remote_code: bool = False,
-                 cache_dir: Optional[str] = None, quantization: str = NO_QUANTIZATION) -> None:
+                 cache_dir: Optional[str] = None, quantization: str = NO_QUANTIZATION,
+                 distillation_temperature: float = 1.0) -> None:
         super().__init__()
         lora, optimizer = as_dataclass(LoRAArgs, lora), as_dataclass(OptimizerArgs, optimizer)
         problems = self.argument_problems(lora=lora, optimizer=optimizer, base_dtype=base_dtype,
-                                          max_new_tokens=max_new_tokens, adapter=adapter, quantization=quantization)
+                                          max_new_tokens=max_new_tokens, adapter=adapter, quantization=quantization,
+                                          distillation_temperature=distillation_temperature)
         if problems:
             raise ArgumentError("invalid model arguments:\n- " + "\n- ".join(problems))
         self.save_hyperparameters({"model": as_stored(model), "lora": asdict(lora), "optimizer": asdict(optimizer),
                                    "adapter": as_stored(adapter), "base_dtype": base_dtype,
                                    "max_new_tokens": max_new_tokens,
                                    "share_prompt_prefix": share_prompt_prefix,
-                                   "gradient_checkpointing": gradient_checkpointing, "quantization": quantization})
+                                   "gradient_checkpointing": gradient_checkpointing, "quantization": quantization,
+                                   "distillation_temperature": distillation_temperature})
         self.lora, self.optim_args = lora, optimizer
         self.adapter, self.base_dtype, self.max_new_tokens = adapter, base_dtype, max_new_tokens
         self.share_prompt_prefix, self.gradient_checkpointing = share_prompt_prefix, gradient_checkpointing
         self.trust_remote_code, self.quantization = trust_remote_code, quantization
+        self.distillation_temperature = distillation_temperature
         self.source = ModelSource.resolve(model, cache_dir)
         self.tokenizer = self.source.load_tokenizer(trust_remote_code)
         self.model: Optional[nn.Module] = None
@@ -99,6 +106,8 @@ class SemiFTModule(StudentInference, L.LightningModule):
         problems = as_dataclass(LoRAArgs, a["lora"]).problems() + as_dataclass(OptimizerArgs, a["optimizer"]).problems()
         if base_dtype not in ("auto", "bfloat16", "float32"):
             problems.append(f"model.base_dtype: must be auto, bfloat16 or float32, got {base_dtype!r}")
+        if not a["distillation_temperature"] > 0:
+            problems.append(f"model.distillation_temperature: must be positive, got {a['distillation_temperature']}")
         if max_new_tokens < 1:
             problems.append(f"model.max_new_tokens: must be at least 1, got {max_new_tokens}")
         if quantization not in QUANTIZATIONS:
@@ -148,7 +157,7 @@ class SemiFTModule(StudentInference, L.LightningModule):
 
     def _peft_model(self) -> nn.Module:
         """The base model with this module's adapter: the saved one it starts from, or a fresh one."""
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import PeftModel, get_peft_model
         device = str(self._trainer.strategy.root_device) if self._trainer is not None else "cpu"
         base = self.source.load_model(self._base_weight_dtype(), len(self.tokenizer), self.trust_remote_code,
                                       self.quantization, device)
@@ -159,12 +168,18 @@ class SemiFTModule(StudentInference, L.LightningModule):
             enable({"use_reentrant": False})
         if self.adapter:
             return PeftModel.from_pretrained(base, self.adapter, is_trainable=True)
-        config = LoraConfig(r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
-                            target_modules=self.lora.target_modules, task_type="CAUSAL_LM")
-        return get_peft_model(base, config)
+        return get_peft_model(base, self.lora_config())
+
+    def lora_config(self):
+        """The peft ``LoraConfig`` of a fresh adapter (the student's, or a committee member's)."""
+        from peft import LoraConfig
+        return LoraConfig(r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
+                          target_modules=self.lora.target_modules, task_type="CAUSAL_LM")
 
     # ----- training ----------------------------------------------------------------------------------------------
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def answer_loss(self, batch: Batch) -> torch.Tensor:
+        """The mean weighted cross-entropy of the batch's answer tokens; a row with a soft target trains its answer
+        letter on that distribution over the option letters instead (KL to it, at ``distillation_temperature``)."""
         has_target = (batch["labels"] != IGNORE_INDEX).any(0)
         from_first_target = batch["labels"].shape[1] - int(has_target.long().argmax()) + 1  # and the token before it
         hidden, start = self.tail_hidden_states(batch["input_ids"], batch["attention_mask"], from_first_target)
@@ -175,11 +190,15 @@ class SemiFTModule(StudentInference, L.LightningModule):
         if "soft_target" in batch:  # those rows' answer letter trains on a distribution over the option letters
             first = where & (where.long().cumsum(1) == 1)
             soft = (first & batch["has_soft_target"][:, None])[where]
-            letters = logits[soft].log_softmax(-1)[:, batch["option_token_ids"]]
-            soft_loss = -(batch["soft_target"][batch["has_soft_target"]] * letters).sum(-1)
+            temperature = self.distillation_temperature
+            letters = (logits[soft] / temperature).log_softmax(-1)[:, batch["option_token_ids"]]
+            soft_loss = -(batch["soft_target"][batch["has_soft_target"]] * letters).sum(-1) * temperature ** 2
             token_loss = token_loss.masked_scatter(soft, soft_loss)
         weights = batch["weight"][:, None].expand_as(targets)[where]
-        loss = (token_loss * weights).sum() / where.sum().clamp(min=1)
+        return (token_loss * weights).sum() / where.sum().clamp(min=1)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = self.answer_loss(batch)
         if not torch.isfinite(loss):
             saved = [c.last_model_path for c in self.trainer.checkpoint_callbacks if getattr(c, "last_model_path", "")]
             raise TrainingError(f"non-finite training loss {loss.item()} at step {self.global_step} (model.optimizer."
@@ -207,9 +226,8 @@ class SemiFTModule(StudentInference, L.LightningModule):
                 done = max(0.0, done - self.schedule_start) / (1 - self.schedule_start)
             if done < warmup:  # the first step counts as done: never a zero rate, never above lr
                 loaded = self.trainer.train_dataloader is not None  # not yet when the optimizer is configured
-                first_step = 1 / max(1, int(self.trainer.estimated_stepping_batches)) if loaded else 0.0
-                return min(1.0, max(done, first_step) / warmup)
-            return max(0.0, (1 - done) / (1 - warmup))
+                done = max(done, 1 / max(1, int(self.trainer.estimated_stepping_batches)) if loaded else 0.0)
+            return warmup_then_linear_decay(done, warmup)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

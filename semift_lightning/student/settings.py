@@ -34,7 +34,6 @@ class LoRAArgs:
         return out
 
 
-
 @dataclass
 class OptimizerArgs:
     """AdamW with linear warm-up and linear decay.
@@ -58,3 +57,11 @@ class OptimizerArgs:
         if not 0 <= self.warmup_ratio < 1:
             out.append(f"model.optimizer.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         return out
+
+
+def warmup_then_linear_decay(done: float, warmup: float) -> float:
+    """The learning-rate factor at ``done`` (the fraction of training done): rising linearly over the ``warmup``
+    fraction, then falling linearly to 0 at the end."""
+    if done < warmup:
+        return min(1.0, done / warmup)
+    return max(0.0, (1 - done) / (1 - warmup))
