@@ -3,6 +3,7 @@ adapter, saved and reused, weighted; distillation at a temperature; input noise 
 
 import json
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,9 +12,12 @@ from test_semievol import make
 
 from semift_lightning import SemiFTDataModule, SemiFTModule
 from semift_lightning.data.patterns import PromptPattern
+from semift_lightning.errors import DataError
 from semift_lightning.semievol import CommitteeVoting, Member, RoundContext, Schedule, run_round
 from semift_lightning.semievol.committee import previous_generation
 from semift_lightning.semievol.records import PseudoLabel
+from semift_lightning.tasks.kinds import MultipleChoiceTask
+from semift_lightning.testing import sentiment_rows, write_csv
 
 PATTERNS = [PromptPattern("chat_qfirst"), PromptPattern("plain_qlast", prompt_format="plain", question_last=True)]
 
@@ -191,3 +195,28 @@ def test_a_round_has_either_voting_or_a_committee(tiny_model, fpb_like, tmp_path
     module, datamodule, trainer, _ = make(tiny_model, fpb_like, tmp_path, [CollaborativeVoting(), committee(tmp_path)])
     with pytest.raises(ValueError, match="CollaborativeVoting or CommitteeVoting before PriorAlignment"):
         trainer.fit(module, datamodule)
+
+
+def test_a_member_can_answer_with_the_option_s_own_word(tiny_model, tmp_path):
+    words = ("fell", "held", "rose")  # single tokens of the tiny tokenizer
+    rows = [{**row, "options": json.dumps(words)} for row in sentiment_rows(30)]
+    for split, part in (("labeled", rows[:12]), ("unlabeled", rows[12:24]), ("test", rows[24:])):
+        write_csv(tmp_path / f"{split}.csv", part)
+    task = MultipleChoiceTask("moves", "Answer with the letter of the move.", words)
+    module, datamodule, _, _ = make(tiny_model, tmp_path, tmp_path / "run", [], task=task, labeled="labeled.csv",
+                                    unlabeled="unlabeled.csv", test="test.csv")
+    asked = datamodule.in_pattern(PromptPattern("words", verbalizer="word"))
+    example = asked.load_split("labeled")[0]
+    encoded = asked.prompts.encode(example, with_target=True)
+    said = asked.prompts.tokenizer.decode(encoded.target_ids)
+    assert said.startswith(words["ABC".index(example.answer)]) and "Options: fell, held, rose" in \
+        asked.prompts.tokenizer.decode(encoded.prompt_ids)
+    module.configure_model()
+    run_round(module, datamodule, [CommitteeVoting(members=[Member(PromptPattern("words", verbalizer="word"))],
+                                                   steps=2)], context=RoundContext(module.device))
+    assert all(r.answer in "ABC" and len(r.probs) == 3 for r in datamodule.store.records)
+    other = asked.load_split("labeled")[1]
+    with pytest.raises(DataError, match=r"labeled.csv: row 2: its options \['a', 'b'\]: answering with option words"):
+        asked.encode("labeled", [replace(other, options=("a", "b"))], with_target=True)
+    with pytest.raises(ValueError, match="needs a multiple-choice task with fixed options; 'fpb_free'"):
+        PromptPattern("w", verbalizer="word").applied_to(MultipleChoiceTask("fpb_free"))

@@ -25,7 +25,7 @@ from semift_lightning.data.splits import (
     check_fractions,
 )
 from semift_lightning.data.view_prompts import draw_view_prompts
-from semift_lightning.errors import ArgumentError
+from semift_lightning.errors import ArgumentError, DataError
 from semift_lightning.semievol.store import PseudoLabelStore
 from semift_lightning.tasks.columns import ColumnOverrides, override_columns
 from semift_lightning.tasks.example import Example
@@ -245,6 +245,8 @@ class SemiFTDataModule(SplitFiles, L.LightningDataModule):
             except PromptTooLong as err:
                 where = self.split_names.get(split, split)
                 raise PromptTooLong(f"{where}: row {example.row}: field {self.columns.question!r}: {err}") from None
+            except DataError as err:
+                raise DataError(f"{self.split_names.get(split, split)}: row {example.row}: {err}") from None
             cut += encoded.truncated
             item = {"input_ids": encoded.prompt_ids + encoded.target_ids, "example": example,
                     "truncated": encoded.truncated}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from semift_lightning.errors import ArgumentError
+from semift_lightning.errors import ArgumentError, DataError
 from semift_lightning.tasks.example import Example
 from semift_lightning.tasks.kinds import Task
 from semift_lightning.tasks.parsing import LETTERS
@@ -102,6 +102,9 @@ class PromptBuilder:
                candidates: Sequence[str] = ()) -> Encoded:
         """Token ids of the prompt (and of the target with ``with_target``). Demonstrations are earlier turns;
         ``candidates`` are answers of disagreeing views, shown for self-justification."""
+        if getattr(self.task, "answer_words", False) and tuple(example.options) != tuple(self.task.fixed_options):
+            raise DataError(f"its options {list(example.options)}: answering with option words needs every item to "
+                            f"have the task's options {list(self.task.fixed_options)}")
         messages = self.messages(example, demonstrations, candidates)
         target_ids = self._ids(self.target_suffix(messages, self.task.target_text(example))) if with_target else []
         prompt_ids = self._ids(self._prompt_text(messages))
@@ -125,10 +128,13 @@ class PromptBuilder:
         raise PromptTooLong(f"could not fit the prompt into data.max_length={self.max_length} tokens")
 
     def _option_token_ids(self) -> list[int]:
-        """The first token of each option letter as the assistant's answer begins; they must be distinct."""
-        probe = Example("probe", "probe", "A", tuple(LETTERS))
-        messages = self.messages(probe)
-        ids = [self._ids(self.target_suffix(messages, letter))[0] for letter in LETTERS]
+        """The first token of each option letter (or, with the task's ``answer_words``, of each of its fixed options'
+        words, the first repeated up to ten) as the assistant's answer begins; they must be distinct."""
+        words = getattr(self.task, "answer_words", False)
+        answers = list(self.task.fixed_options) if words else list(LETTERS)
+        messages = self.messages(Example("probe", "probe", "A", tuple(answers)))
+        ids = [self._ids(self.target_suffix(messages, answer))[0] for answer in answers]
         if len(set(ids)) != len(ids):
-            raise ValueError("the tokenizer does not give each option letter A-J its own first token")
-        return ids
+            raise ArgumentError(f"the tokenizer does not give each option {'word' if words else 'letter'} "
+                                f"({', '.join(answers)}) its own first token; the answers cannot be scored apart")
+        return ids + ids[:1] * (len(LETTERS) - len(ids))  # past an item's options: never scored

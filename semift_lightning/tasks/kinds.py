@@ -82,15 +82,23 @@ class Task:
 @dataclass(frozen=True)
 class MultipleChoiceTask(Task):
     """Options shown as lettered lines; the answer is a letter. ``fixed_options`` serves rows without options;
-    ``numbered_keys`` also accepts 1-based option numbers as answers (ARC keys some items 1-4)."""
+    ``numbered_keys`` also accepts 1-based option numbers as answers (ARC keys some items 1-4). ``answer_words``
+    (a verbalizer): the options are listed as words and the model answers with the option's own word, e.g.
+    "positive"; the answer is still stored and scored as its letter."""
 
     instruction: str = "Answer with the letter of the correct option."
     fixed_options: Optional[tuple[str, ...]] = None
     numbered_keys: bool = False
+    answer_words: bool = field(default=False, kw_only=True)
     closed_form = True
 
     def options_text(self, example: "Example") -> str:
+        if self.answer_words:
+            return "Options: " + ", ".join(example.options)
         return "Options:\n" + "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(example.options))
+
+    def target_text(self, example: "Example") -> str:
+        return example.options[LETTERS.index(example.answer)] if self.answer_words else str(example.answer)
 
     def canonical_answer(self, raw: str, options: Optional[Sequence[str]]) -> str:
         if not options or not MIN_OPTIONS <= len(options) <= MAX_OPTIONS:
@@ -113,7 +121,8 @@ class MultipleChoiceTask(Task):
                          f"nor the text of one option")
 
     def proposed_answer(self, example: "Example", answer: str, reasoning: Optional[str] = None) -> str:
-        return f"{answer}. {example.options[LETTERS.index(answer)]}"
+        option = example.options[LETTERS.index(answer)]
+        return option if self.answer_words else f"{answer}. {option}"
 
     def parse(self, text: str, example: "Example") -> Optional[str]:
         index = parse_choice(text, example.options)
