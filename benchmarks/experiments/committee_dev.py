@@ -93,11 +93,11 @@ def fit_and_test(run: Path, extra: list[str]) -> float:
 def recipe_report(out: Path) -> None:
     """Each seed's SFT and distilled student on the development set, with their wall times."""
     for folder in sorted(out.glob("seed*")):
-        runs = {name: folder / name / "logs" for name in ("sft", "committee")}
-        if not all((logs / "test_summary.json").exists() for logs in runs.values()):
+        runs = {name: folder / name / "logs" / "test_predictions.jsonl" for name in ("sft", "committee")}
+        if not all(path.exists() for path in runs.values()):
             continue
-        accuracy = {name: 100 * json.loads((logs / "test_summary.json").read_text())["accuracy"]
-                    for name, logs in runs.items()}
+        accuracy = {name: 100 * sum(r["correct"] for r in read_predictions(path)) / len(read_predictions(path))
+                    for name, path in runs.items()}
         times = json.loads((folder / "recipe_seconds.json").read_text())
         print(f"{folder.name}: SFT {accuracy['sft']:.2f} in {times['sft']:.0f} s; committee recipe (distilled "
               f"student) {accuracy['committee']:.2f} in {times['committee']:.0f} s "
@@ -111,7 +111,8 @@ def read(path: Path) -> dict[str, dict]:
 def report(out: Path) -> None:
     pooled: dict[str, list[float]] = {}
     for folder in sorted(out.glob("seed*")):
-        members = {p.parent.parent.name: read(p) for p in sorted(folder.glob("*/logs/test_predictions.jsonl"))}
+        members = {p.parent.parent.name: read(p) for p in sorted(folder.glob("*/logs/test_predictions.jsonl"))
+                   if p.parent.parent.name in PATTERNS}  # not the recipe's runs
         if not members:
             continue
         ids = sorted(set.intersection(*(set(m) for m in members.values())))
