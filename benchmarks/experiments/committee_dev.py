@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from semift_lightning.analysis.stats import read_predictions
+from semift_lightning.analysis.stats import correctness, paired, read_predictions
 from semift_lightning.distributions import align_to_prior
 from semift_lightning.files import atomic_write_json
 
@@ -91,17 +91,25 @@ def fit_and_test(run: Path, extra: list[str]) -> float:
 
 
 def recipe_report(out: Path) -> None:
-    """Each seed's SFT and distilled student on the development set, with their wall times."""
+    """Each seed's SFT and distilled student on the development set, with their wall times, and the paired
+    difference pooled over the seeds' development items."""
+    pooled: dict[str, dict[str, float]] = {"sft": {}, "committee": {}}
     for folder in sorted(out.glob("seed*")):
-        runs = {name: folder / name / "logs" / "test_predictions.jsonl" for name in ("sft", "committee")}
+        runs = {name: folder / name / "logs" / "test_predictions.jsonl" for name in pooled}
         if not all(path.exists() for path in runs.values()):
             continue
-        accuracy = {name: 100 * sum(r["correct"] for r in read_predictions(path)) / len(read_predictions(path))
-                    for name, path in runs.items()}
+        scores = {name: correctness(read_predictions(path)) for name, path in runs.items()}
+        for name, by_id in scores.items():
+            pooled[name].update({f"{folder.name}/{key}": value for key, value in by_id.items()})
+        accuracy = {name: 100 * sum(by_id.values()) / len(by_id) for name, by_id in scores.items()}
         times = json.loads((folder / "recipe_seconds.json").read_text())
         print(f"{folder.name}: SFT {accuracy['sft']:.2f} in {times['sft']:.0f} s; committee recipe (distilled "
               f"student) {accuracy['committee']:.2f} in {times['committee']:.0f} s "
               f"({times['committee'] / times['sft']:.1f}x SFT's wall time)")
+    if pooled["sft"]:
+        _, (difference, low, high) = paired(pooled["sft"], pooled["committee"])
+        print(f"pooled over {len(pooled['sft'])} development items: distilled - SFT {100 * difference:+.2f} "
+              f"[{100 * low:+.2f}, {100 * high:+.2f}]")
 
 
 def read(path: Path) -> dict[str, dict]:
