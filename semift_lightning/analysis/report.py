@@ -82,8 +82,8 @@ def report(records: list[PseudoLabel], gold: dict) -> list[str]:
     disputed = [r for r in records if r.disputed]
     if disputed:
         right = ", ".join(f"view {i + 1} {percent(accuracy(view_answers(disputed, i), gold))}" for i in views)
-        how = "self-justification" if any(r.justified for r in disputed) else "majority"
-        lines.append(f"disputed: {len(disputed)} items; right on them: {right}; final answer ({how}) "
+        how = " (self-justification)" if any(r.justified for r in disputed) else ""  # else: the stage's combiner
+        lines.append(f"disputed: {len(disputed)} items; right on them: {right}; final answer{how} "
                      f"{percent(accuracy(answers(disputed), gold))}")
     selected = answers([r for r in records if r.selected])
     if selected:
