@@ -55,6 +55,7 @@ class PromptBuilder:
         self.prompt_format = prompt_format
         spaced = [self._ids(f" {letter}")[0] for letter in LETTERS]
         self.answer_separator = " " if len(set(spaced)) == len(LETTERS) else ""
+        self.answer_words = getattr(task, "answer_words", False)  # the options' own words as answers
         self.option_token_ids = self._option_token_ids() if task.closed_form else []
 
     def messages(self, example: Example, demonstrations: Sequence[Example] = (), candidates: Sequence[str] = (),
@@ -102,7 +103,7 @@ class PromptBuilder:
                candidates: Sequence[str] = ()) -> Encoded:
         """Token ids of the prompt (and of the target with ``with_target``). Demonstrations are earlier turns;
         ``candidates`` are answers of disagreeing views, shown for self-justification."""
-        if getattr(self.task, "answer_words", False) and tuple(example.options) != tuple(self.task.fixed_options):
+        if self.answer_words and tuple(example.options) != tuple(self.task.fixed_options):
             raise DataError(f"its options {list(example.options)}: answering with option words needs every item to "
                             f"have the task's options {list(self.task.fixed_options)}")
         messages = self.messages(example, demonstrations, candidates)
@@ -130,11 +131,10 @@ class PromptBuilder:
     def _option_token_ids(self) -> list[int]:
         """The first token of each option letter (or, with the task's ``answer_words``, of each of its fixed options'
         words, the first repeated up to ten) as the assistant's answer begins; they must be distinct."""
-        words = getattr(self.task, "answer_words", False)
-        answers = list(self.task.fixed_options) if words else list(LETTERS)
+        answers = list(self.task.fixed_options) if self.answer_words else list(LETTERS)
         messages = self.messages(Example("probe", "probe", "A", tuple(answers)))
         ids = [self._ids(self.target_suffix(messages, answer))[0] for answer in answers]
         if len(set(ids)) != len(ids):
-            raise ArgumentError(f"the tokenizer does not give each option {'word' if words else 'letter'} "
+            raise ArgumentError(f"the tokenizer does not give each option {'word' if self.answer_words else 'letter'} "
                                 f"({', '.join(answers)}) its own first token; the answers cannot be scored apart")
         return ids + ids[:1] * (len(LETTERS) - len(ids))  # past an item's options: never scored

@@ -172,9 +172,7 @@ class SemiFTModule(StudentInference, L.LightningModule):
 
     def lora_config(self):
         """The peft ``LoraConfig`` of a fresh adapter (the student's, or a committee member's)."""
-        from peft import LoraConfig
-        return LoraConfig(r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
-                          target_modules=self.lora.target_modules, task_type="CAUSAL_LM")
+        return self.lora.peft_config()
 
     # ----- training ----------------------------------------------------------------------------------------------
     def answer_loss(self, batch: Batch) -> torch.Tensor:

@@ -33,6 +33,12 @@ class LoRAArgs:
             out.append("model.lora.target_modules: must name at least one module or be 'all-linear'")
         return out
 
+    def peft_config(self):
+        """The peft ``LoraConfig`` of a fresh adapter with these settings."""
+        from peft import LoraConfig
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=self.target_modules, task_type="CAUSAL_LM")
+
 
 @dataclass
 class OptimizerArgs:
