@@ -297,3 +297,56 @@ def test_committee_dev_report_scores_members_the_committee_and_its_prior_alignme
     out = run("experiments/committee_dev.py", "--report", "--out", str(tmp_path / "out"), cwd=tmp_path / "cwd")
     assert "seed100 (4 development items, 2 members): chat_qfirst 75.00, plain_qlast 75.00, committee 100.00" in out
     assert "pooled: best member 75.00, committee 100.00" in out
+
+
+def test_committee_dev_recipe_report_pairs_each_recipe_with_sft(tmp_path):
+    seed = tmp_path / "out" / "seed100"
+    gold = ["A", "B", "C", "B"]
+    answers = {"sft": "ABBB", "committee": "ABCA", "committee_aligned": "ABCB"}
+    for name, predicted in answers.items():
+        (seed / name / "logs").mkdir(parents=True)
+        (seed / name / "logs" / "test_predictions.jsonl").write_text("".join(
+            json.dumps({"id": str(i), "gold": g, "prediction": p, "correct": g == p}) + "\n"
+            for i, (g, p) in enumerate(zip(gold, predicted))))
+    (seed / "recipe_seconds.json").write_text(json.dumps({"sft": 100, "committee": 500, "committee_aligned": 450}))
+    (tmp_path / "cwd").mkdir()
+    out = run("experiments/committee_dev.py", "--report", "--recipe", "--out", str(tmp_path / "out"),
+              cwd=tmp_path / "cwd")
+    assert ("seed100: sft 75.00 in 100 s, committee 75.00 in 500 s (5.0x SFT), committee_aligned 100.00 in 450 s "
+            "(4.5x SFT)") in out
+    assert "pooled over 4 development items: committee - sft +0.00" in out
+    assert "pooled over 4 development items: committee_aligned - sft +25.00" in out
+
+
+def test_committee_curve_combines_members_and_pairs_the_distilled_student_with_its_baselines(tmp_path):
+    gold = ["A", "B", "C", "B"]
+    runs = {"sft": "ABBB", "sft_equal_steps": "ABBA", "distilled": "ABCB", "self_training": "BBBB"}
+    members = {"member1": [[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.5, 0.1, 0.4], [0.1, 0.8, 0.1]],
+               "member2": [[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.2, 0.7, 0.1]]}
+    rows = {name: [{"id": str(i), "gold": g, "prediction": p, "correct": g == p}
+                   for i, (g, p) in enumerate(zip(gold, answers))] for name, answers in runs.items()}
+    rows.update({name: [{"id": str(i), "gold": g, "option_probs": p, "prediction": "ABC"[p.index(max(p))],
+                         "correct": g == "ABC"[p.index(max(p))]} for i, (g, p) in enumerate(zip(gold, probs))]
+                 for name, probs in members.items()})
+    sys.path.insert(0, str(BENCHMARKS / "experiments"))
+    try:
+        import committee_curve
+    finally:
+        sys.path.pop(0)
+    for name, predictions in rows.items():
+        committee_curve.keep(tmp_path, "fpb_10pct_seed0", name, predictions)
+    committee = committee_curve.committee_rows([rows["member1"], rows["member2"]])
+    assert [row["prediction"] for row in committee] == ["A", "B", "C", "B"]
+    committee_curve.keep(tmp_path, "fpb_10pct_seed0", "committee", committee)
+    committee_curve.keep(tmp_path, "fpb_10pct_seed0", "member_best", rows["member1"])
+    (tmp_path / "cwd").mkdir()
+    out = run("experiments/committee_curve.py", "--report", "--results", str(tmp_path), cwd=tmp_path / "cwd")
+    assert "| distilled | 0 | 100.00 |" in out and "| member_best | 0 | 75.00 |" in out
+    assert "distilled - sft, paired over 4 test items (seeds 0): +25.00" in out
+    assert "committee - member_best, paired over 4 test items (seeds 0): +25.00" in out
+    saved = tmp_path / "members"
+    (saved / "member2-plain_qlast-seed12-round1-abc").mkdir(parents=True)
+    member = {"pattern": {"name": "plain_qlast", "prompt_format": "plain", "question_last": True}, "seed": 12}
+    assert committee_curve.member_arguments(member, saved, 2) == [
+        "--model.adapter", str(saved / "member2-plain_qlast-seed12-round1-abc"), "--data.prompt_format", "plain",
+        "--data.question_last", "true"]

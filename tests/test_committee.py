@@ -11,9 +11,10 @@ from test_cli import REPO, main, run_config
 from test_semievol import make
 
 from semift_lightning import SemiFTDataModule, SemiFTModule
+from semift_lightning.analysis.stats import read_predictions
 from semift_lightning.data.patterns import PromptPattern
 from semift_lightning.errors import DataError
-from semift_lightning.semievol import CommitteeVoting, Member, RoundContext, Schedule, run_round
+from semift_lightning.semievol import CommitteeVoting, Member, PriorAlignment, RoundContext, Schedule, run_round
 from semift_lightning.semievol.committee import previous_generation
 from semift_lightning.semievol.records import PseudoLabel
 from semift_lightning.tasks.kinds import MultipleChoiceTask
@@ -84,6 +85,19 @@ def test_labeled_accuracy_weights_members_by_their_pattern_before_training(tiny_
     _, _, metrics = round_alone(tiny_model, fpb_like, tmp_path, committee(tmp_path, weighting="labeled_accuracy"))
     weights = [metrics["member1_weight"], metrics["member2_weight"]]
     assert all(0 < weight <= 1 for weight in weights)
+
+
+def test_prior_alignment_re_weights_the_committee_s_soft_targets(tiny_model, fpb_like, tmp_path):
+    module, datamodule, _, _ = make(tiny_model, fpb_like, tmp_path, [])
+    module.configure_model()
+    stages = [committee(tmp_path), PriorAlignment(pool_weight=0.0, steps=50, schedule=Schedule(warmup_epochs=0))]
+    metrics = run_round(module, datamodule, stages, context=RoundContext(module.device))
+    shares = Counter(datamodule.labeled_answers())
+    prior = torch.tensor([shares[letter] + 1.0 for letter in "ABC"], dtype=torch.float64)
+    probs = torch.tensor([r.probs for r in datamodule.store.records], dtype=torch.float64)
+    assert torch.allclose(probs.mean(0), prior / prior.sum(), atol=1e-3)
+    assert abs(metrics["prior_after_B"] - float(prior[1] / prior.sum())) < 1e-3
+    assert datamodule.store.stages_done == {"committee": 1, "alignment": 1}
 
 
 def test_a_round_run_again_reuses_the_saved_members(tiny_model, fpb_like, tmp_path, monkeypatch):
@@ -220,3 +234,10 @@ def test_a_member_can_answer_with_the_option_s_own_word(tiny_model, tmp_path):
         asked.encode("labeled", [replace(other, options=("a", "b"))], with_target=True)
     with pytest.raises(ValueError, match="needs a multiple-choice task with fixed options; 'fpb_free'"):
         PromptPattern("w", verbalizer="word").applied_to(MultipleChoiceTask("fpb_free"))
+    student, own, trainer, _ = make(tiny_model, tmp_path, tmp_path / "said", [], epochs=1, task=task,
+                                    labeled="labeled.csv", unlabeled="unlabeled.csv", test="test.csv", verbalizer="word")
+    assert own.prompts.encode(example, with_target=True).target_ids == encoded.target_ids  # the student says words
+    assert own.prompt_layout["verbalizer"] == "word"  # checkpoints record it; testing in letters then warns
+    trainer.test(student, own)
+    predictions = read_predictions(tmp_path / "said" / "logs" / "test_predictions.jsonl")
+    assert len(predictions) == 6 and all(row["prediction"] in "ABC" for row in predictions)

@@ -4,11 +4,14 @@ member, before any committee recipe is built into the product?
     python benchmarks/experiments/committee_dev.py --data-root ../shared/data/semievol --seeds 100 101 102 103 104 \
         [--out runs/committee_dev]
     python benchmarks/experiments/committee_dev.py --report --out runs/committee_dev
-    python benchmarks/experiments/committee_dev.py --recipe --data-root ../shared/data/semievol --seeds 100
+    python benchmarks/experiments/committee_dev.py --recipe --data-root ../shared/data/semievol --seeds 100 \
+        [--variants committee committee_aligned]
 
 ``--recipe`` runs, per development seed and in one command, SFT (the default pattern, 150 steps) and the shipped
 committee recipe (``callbacks/committee.yaml``: members trained inside the fit, distilled into the student over FPB's
-1359-item unlabeled pool), each scored on the development set, and prints their accuracies and wall times.
+1359-item unlabeled pool), each scored on the development set, and prints their accuracies and wall times. Each of
+``--variants`` is the recipe with a change (``VARIANTS``); the variants of a seed share one members folder, so the
+members train once per seed and later variants reuse them.
 
 For each development seed S (100-104, never reported as results): 45 items of ``fpb/labeled.csv`` drawn with S are
 the budget, the other 407 labeled items the development set (no test item is read). One member per prompt pattern
@@ -34,6 +37,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+import yaml
 
 from semift_lightning.analysis.stats import correctness, paired, read_predictions
 from semift_lightning.distributions import align_to_prior
@@ -47,17 +51,32 @@ PATTERNS = {  # name -> (the member's semift arguments, its seed)
     "chat_qlast": (["--data.question_last", "true"], 10),
     "plain_qlast": (["--data.prompt_format", "plain", "--data.question_last", "true"], 12),
     "plain_qfirst": (["--data.prompt_format", "plain"], 13),
+    "chat_qfirst_words": (["--data.verbalizer", "word"], 11),  # the answer said as its word, "positive"
 }
+BASELINES = {"sft": "chat_qfirst", "sft_words": "chat_qfirst_words"}  # --recipe's SFT runs and their patterns
+RECIPE = REPO / "callbacks" / "committee.yaml"
+RECIPE_MEMBERS = yaml.safe_load(RECIPE.read_text())["committee"]["init_args"]["members"]
+WORD_MEMBER = {"pattern": {"name": "chat_qfirst_words", "verbalizer": "word"}, "seed": 13}  # answers "positive"...
+WORD_MEMBERS = [{**m, "pattern": {**m["pattern"], "name": f"{m['pattern']['name']}_words", "verbalizer": "word"}}
+                for m in RECIPE_MEMBERS]  # the recipe's members, each saying its answers as words
+VARIANTS = {  # run name -> the arguments it adds to the committee recipe
+    "committee": [],
+    "committee_aligned": ["--alignment", "semift_lightning.semievol.PriorAlignment"],  # class-prior alignment
+    "committee_words": ["--committee.init_args.members", json.dumps([*RECIPE_MEMBERS, WORD_MEMBER])],  # a 4th member
+    "committee_allwords": ["--committee.init_args.members", json.dumps(WORD_MEMBERS), "--data.verbalizer", "word"],
+}
+COMPARED_TO = {"committee_allwords": "sft_words"}  # a recipe's SFT baseline where it is not "sft": its pattern's
 
 
-def write_split(labeled: Path, seed: int, folder: Path) -> None:
-    """The budget and the development set of development seed ``seed``, and the unlabeled pool beside them."""
+def write_split(labeled: Path, seed: int, folder: Path, budget: int = BUDGET) -> None:
+    """``budget`` items of ``labeled`` drawn with ``seed`` (``budget.csv``), the labeled items outside them
+    (``dev.csv``: a development seed's development set) and the unlabeled pool beside them."""
     with open(labeled, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, part in (("budget.csv", order[:BUDGET]), ("dev.csv", order[BUDGET:])):
+    for name, part in (("budget.csv", order[:budget]), ("dev.csv", order[budget:])):
         with open(folder / name, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -65,51 +84,63 @@ def write_split(labeled: Path, seed: int, folder: Path) -> None:
     shutil.copyfile(labeled.parent / "unlabeled.csv", folder / "unlabeled.csv")
 
 
-def run_member(folder: Path, pattern: str) -> float:
-    """Fit and score one member (``sft`` for the recipe's baseline); returns the seconds its fit and test took."""
-    extra, seed = PATTERNS["chat_qfirst" if pattern == "sft" else pattern]
-    return fit_and_test(folder / pattern, [*extra, "--trainer.max_steps", str(STEPS), "--trainer.max_epochs", "-1",
-                                           "--seed_everything", str(seed)])
+def run_member(folder: Path, pattern: str, run: str = "") -> float:
+    """Fit and score one member in ``folder / run`` (default: the pattern's name); returns the seconds its fit and
+    test took."""
+    extra, seed = PATTERNS[pattern]
+    return fit_and_test(folder / (run or pattern), [*extra, "--trainer.max_steps", str(STEPS), "--trainer.max_epochs",
+                                                    "-1", "--seed_everything", str(seed)])
 
 
-def run_recipe(folder: Path) -> float:
-    """Fit the committee recipe on the budget and the pool, and score the student on the development set."""
-    return fit_and_test(folder / "committee", ["-c", str(REPO / "callbacks" / "committee.yaml"),
-                                               "--data.unlabeled", "unlabeled.csv"])
+def run_recipe(folder: Path, variant: str) -> float:
+    """Fit the committee recipe (with ``variant``'s change) on the budget and the pool, and score the student on the
+    development set."""
+    return fit_and_test(folder / variant, ["-c", str(RECIPE),
+                                           "--data.unlabeled", "unlabeled.csv",
+                                           "--committee.init_args.members_dir", str(folder / "members"),
+                                           *VARIANTS[variant]])
 
 
-def fit_and_test(run: Path, extra: list[str]) -> float:
-    common = ["-c", str(REPO / "configs" / "fpb.yaml"), "--data.root", str(run.parent), "--data.labeled", "budget.csv",
-              "--data.unlabeled", "null", "--data.test", "dev.csv", "--data.test_overlap", "allow",
-              f"--trainer.logger.init_args.save_dir={run}"]
-    semift = [sys.executable, "-c", "from semift_lightning.cli import main; main()"]
+def fit_and_test(run: Path, extra: list[str], test: str = "dev.csv") -> float:
+    """``semift fit`` on the budget in ``run``'s parent folder with ``extra`` arguments, then ``semift test`` of its
+    last checkpoint on ``test``; returns the seconds both took."""
     start = time.perf_counter()
-    subprocess.run([*semift, "fit", *common, *extra], check=True)
-    subprocess.run([*semift, "test", *common, "--ckpt_path", str(run / "logs" / "checkpoints" / "last.ckpt")],
-                   check=True)
+    semift("fit", run, test, extra)
+    semift("test", run, test, ["--ckpt_path", str(run / "logs" / "checkpoints" / "last.ckpt")])
     return time.perf_counter() - start
 
 
+def semift(command: str, run: Path, test: str, extra: list[str]) -> None:
+    """One ``semift`` command on FPB with the budget in ``run``'s parent folder, logging to ``run``."""
+    subprocess.run([sys.executable, "-c", "from semift_lightning.cli import main; main()", command,
+                    "-c", str(REPO / "configs" / "fpb.yaml"), "--data.root", str(run.parent),
+                    "--data.labeled", "budget.csv", "--data.unlabeled", "null", "--data.test", test,
+                    "--data.test_overlap", "allow", f"--trainer.logger.init_args.save_dir={run}", *extra], check=True)
+
+
 def recipe_report(out: Path) -> None:
-    """Each seed's SFT and distilled student on the development set, with their wall times, and the paired
-    difference pooled over the seeds' development items."""
-    pooled: dict[str, dict[str, float]] = {"sft": {}, "committee": {}}
+    """Each seed's SFT and committee recipes on the development set, with their wall times, and each recipe's paired
+    difference to SFT pooled over the seeds' development items where both ran."""
+    pooled: dict[str, dict[str, float]] = {name: {} for name in (*BASELINES, *VARIANTS)}
     for folder in sorted(out.glob("seed*")):
         runs = {name: folder / name / "logs" / "test_predictions.jsonl" for name in pooled}
-        if not all(path.exists() for path in runs.values()):
+        scores = {name: correctness(read_predictions(path)) for name, path in runs.items() if path.exists()}
+        if "sft" not in scores:
             continue
-        scores = {name: correctness(read_predictions(path)) for name, path in runs.items()}
         for name, by_id in scores.items():
             pooled[name].update({f"{folder.name}/{key}": value for key, value in by_id.items()})
-        accuracy = {name: 100 * sum(by_id.values()) / len(by_id) for name, by_id in scores.items()}
         times = json.loads((folder / "recipe_seconds.json").read_text())
-        print(f"{folder.name}: SFT {accuracy['sft']:.2f} in {times['sft']:.0f} s; committee recipe (distilled "
-              f"student) {accuracy['committee']:.2f} in {times['committee']:.0f} s "
-              f"({times['committee'] / times['sft']:.1f}x SFT's wall time)")
-    if pooled["sft"]:
-        _, (difference, low, high) = paired(pooled["sft"], pooled["committee"])
-        print(f"pooled over {len(pooled['sft'])} development items: distilled - SFT {100 * difference:+.2f} "
-              f"[{100 * low:+.2f}, {100 * high:+.2f}]")
+        line = ", ".join(f"{name} {100 * sum(by_id.values()) / len(by_id):.2f} in {times[name]:.0f} s"
+                         + (f" ({times[name] / times['sft']:.1f}x SFT)" if name in VARIANTS else "")
+                         for name, by_id in scores.items())
+        print(f"{folder.name}: {line}")
+    for name in ("sft_words", *VARIANTS):
+        baseline = COMPARED_TO.get(name, "sft")
+        both = {key: value for key, value in pooled[baseline].items() if key in pooled[name]}
+        if both:
+            _, (difference, low, high) = paired(both, {key: pooled[name][key] for key in both})
+            print(f"pooled over {len(both)} development items: {name} - {baseline} {100 * difference:+.2f} "
+                  f"[{100 * low:+.2f}, {100 * high:+.2f}]")
 
 
 def read(path: Path) -> dict[str, dict]:
@@ -153,6 +184,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/committee_dev")
     parser.add_argument("--report", action="store_true", help="print the table of the members run so far")
     parser.add_argument("--recipe", action="store_true", help="run SFT and the committee recipe, timed")
+    parser.add_argument("--variants", nargs="+", default=["committee"], choices=[*BASELINES, *VARIANTS],
+                        help="with --recipe: the recipes (and SFT runs) to run")
     args = parser.parse_args()
     out = Path(args.out)
     if args.report:
@@ -162,8 +195,13 @@ def main() -> None:
         for seed in args.seeds:
             folder = out / f"seed{seed}"
             write_split(Path(args.data_root) / "fpb" / "labeled.csv", seed, folder)
-            times = {"sft": run_member(folder, "sft"), "committee": run_recipe(folder)}
-            atomic_write_json(folder / "recipe_seconds.json", times)
+            timings = folder / "recipe_seconds.json"
+            times = json.loads(timings.read_text()) if timings.exists() else {}
+            for name in dict.fromkeys(("sft", *args.variants)):
+                if not (folder / name / "logs" / "test_predictions.jsonl").exists():
+                    times[name] = (run_member(folder, BASELINES[name], name) if name in BASELINES
+                                   else run_recipe(folder, name))
+                    atomic_write_json(timings, times)
         recipe_report(out)
         return
     for seed in args.seeds:

@@ -1,7 +1,7 @@
 """FPB learning curve: SFT against semi-supervised recipes at labeled budgets, every choice made on validation.
 
     python benchmarks/experiments/learning_curve.py --data-root ../shared/data/semievol --budgets 45 --seeds 0 1 2 \
-        [--methods sft sft_equal_steps self_training semievol] [--out benchmarks/results/learning_curve]
+        [--methods sft sft_equal_steps self_training semievol] [--out benchmarks/results/validation_chosen]
 
 For each budget N and data seed S: ``--data.sizes.labeled N --data.seed S`` draws N items of ``fpb/labeled.csv``
 (the seeded subsample of ``SemiFTDataModule``), ``--data.val_fraction`` carves a validation split out of them
@@ -231,7 +231,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sft-steps", type=int, default=120, help="SFT epochs: about this many steps, 4 to 40")
     parser.add_argument("--post-round-epochs", type=int, default=2)
     parser.add_argument("--question-last", type=int, default=1, help="1: data.question_last (faster on a CPU)")
-    parser.add_argument("--out", default="benchmarks/results/learning_curve")
+    parser.add_argument("--out", default="benchmarks/results/validation_chosen")
     parser.add_argument("--runs", default="runs/learning_curve", help="where the runs' logs and adapters go")
     parser.add_argument("--model", help="--model.model of every run (default: the config's)")
     parser.add_argument("--precision", help="--trainer.precision of every run (default: semift's choice)")

@@ -1,6 +1,7 @@
 """The learning curve's table and figure from the files ``benchmarks/experiments/learning_curve.py`` wrote.
 
-    python benchmarks/experiments/learning_curve_report.py [--results benchmarks/results/learning_curve] [--figure PATH]
+    python benchmarks/experiments/learning_curve_report.py [--results benchmarks/results/validation_chosen] \
+        [--figure PATH]
 
 Per budget and method: mean test accuracy over the seeds, and for every method against ``sft`` (and against
 ``sft_equal_steps``) the paired difference with a 95% bootstrap interval over the test items of all seeds pooled
@@ -89,7 +90,7 @@ def figure(curves: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", default="benchmarks/results/learning_curve")
+    parser.add_argument("--results", default="benchmarks/results/validation_chosen")
     parser.add_argument("--figure", default="benchmarks/figures/learning_curve.png")
     parser.add_argument("--resamples", type=int, default=10000)
     args = parser.parse_args()

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from semift_lightning.arguments import bound_arguments, raise_problems
 from semift_lightning.data.batch import IGNORE_INDEX, Collator
 from semift_lightning.data.noise import drop_words
-from semift_lightning.data.patterns import PromptPattern
+from semift_lightning.data.patterns import VERBALIZERS, PromptPattern
 from semift_lightning.data.prompts import PROMPT_FORMATS, PromptBuilder, PromptTooLong
 from semift_lightning.data.sampler import LengthGroupedSampler
 from semift_lightning.data.split_files import SplitFiles
@@ -87,6 +87,8 @@ class SemiFTDataModule(SplitFiles, L.LightningDataModule):
         pseudo_word_dropout: each word of a pseudo-labeled item's question is dropped with this probability in
             training, drawn anew each epoch with the seed (the noised student of Noisy Student: the teacher labelled
             the clean text); 0: off.
+        verbalizer: how the student says an answer: "letter" (the option's letter) or "word" (the option's own word,
+            e.g. "positive", scored by its first token; tasks whose items share fixed options); unset: the task's.
     """
 
     def __init__(self, task: str = "multiple_choice", root: Optional[str] = None, labeled: Optional[str] = None,
@@ -98,12 +100,12 @@ class SemiFTDataModule(SplitFiles, L.LightningDataModule):
                  test_overlap: str = "error", view_prompt_fraction: float = 0.0,
                  view_prompt_demonstrations: int = 2, question_last: bool = False, val_fraction: float = 0.0,
                  soft_pseudo_labels: bool = False, prompt_format: Optional[str] = None,
-                 pseudo_word_dropout: float = 0.0) -> None:
+                 pseudo_word_dropout: float = 0.0, verbalizer: Optional[str] = None) -> None:
         super().__init__()
         raise_problems("invalid data arguments",
                        self.argument_problems(**{k: v for k, v in locals().items() if k not in ("self", "__class__")}))
         preset = resolve_task(task)
-        self.task = replace(preset.task, question_last=question_last)
+        self.task = PromptPattern("data", question_last=question_last, verbalizer=verbalizer).applied_to(preset.task)
         self.columns = override_columns(preset.columns, columns)
         self.root = root
         self.paths = {"labeled": labeled, "unlabeled": unlabeled, "val": val, "test": test}
@@ -173,6 +175,13 @@ class SemiFTDataModule(SplitFiles, L.LightningDataModule):
         if prompt_format not in (None, *PROMPT_FORMATS):
             problems.append(f"data.prompt_format: must be {' or '.join(PROMPT_FORMATS)} or unset, got "
                             f"{prompt_format!r}")
+        if a["verbalizer"] not in (None, *VERBALIZERS):
+            problems.append(f"data.verbalizer: must be {' or '.join(VERBALIZERS)} or unset, got {a['verbalizer']!r}")
+        elif a["verbalizer"] and not problems:
+            try:
+                PromptPattern("data", verbalizer=a["verbalizer"]).applied_to(resolve_task(task).task)
+            except ArgumentError as err:
+                problems.append(f"data.verbalizer: {str(err).split(': ', 1)[1]}")
         if not 0 <= a["pseudo_word_dropout"] < 1:
             problems.append(f"data.pseudo_word_dropout: must be in [0, 1), got {a['pseudo_word_dropout']}")
         if not 0 <= val_fraction < 1:
@@ -301,11 +310,13 @@ class SemiFTDataModule(SplitFiles, L.LightningDataModule):
     def prompt_layout(self) -> dict[str, Any]:
         """The data arguments that shape every prompt; a checkpoint records them."""
         return {"task": self.task.name, "question_last": self.task.question_last, "system_prompt": self.system_prompt,
-                "prompt_format": self.prompts.prompt_format if self.prompts else self.prompt_format or "chat"}
+                "prompt_format": self.prompts.prompt_format if self.prompts else self.prompt_format or "chat",
+                "verbalizer": "word" if getattr(self.task, "answer_words", False) else "letter"}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         current = self.prompt_layout
-        saved = {"prompt_format": "chat", **state_dict.get("prompt_layout", current)}  # older checkpoints: chat
+        saved = {"prompt_format": "chat", "verbalizer": "letter",  # what older checkpoints used
+                 **state_dict.get("prompt_layout", current)}
         changed = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in current.items()
                    if saved.get(key) != value]
         if changed:

@@ -55,8 +55,9 @@ class PriorAlignment(SemiEvolStage):
         if not datamodule.task.closed_form:
             raise ArgumentError(f"alignment: needs a closed-form task (option distributions); "
                                 f"{datamodule.task.name!r} has free-form answers")
-        if not any(stage.stage == "voting" for stage in stages):
-            raise ArgumentError("alignment: aligns the distributions voting makes; add a CollaborativeVoting stage")
+        if not any(stage.labels_pool for stage in stages):
+            raise ArgumentError("alignment: aligns the distributions voting makes; add a CollaborativeVoting or "
+                                "CommitteeVoting stage")
 
     def process(self, context, module, data, pool, index) -> tuple[list[PseudoLabel], dict]:
         records = data.store.records_of(index)

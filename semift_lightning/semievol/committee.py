@@ -13,16 +13,14 @@ from typing import Any, Optional, Sequence
 from semift_lightning.semievol.combine import COMBINERS, distribution_record
 from semift_lightning.semievol.context import map_pool
 from semift_lightning.semievol.contract import CommitteeData, MemberStudent, OptionScorer, PeftStudent, RoundData
-from semift_lightning.semievol.members import Member, as_members, trained_member
+from semift_lightning.semievol.members import WEIGHTINGS, Member, as_members, trained_member
 from semift_lightning.semievol.metrics import voted_metrics
 from semift_lightning.semievol.records import PseudoLabel
 from semift_lightning.semievol.schedule import Schedule
 from semift_lightning.semievol.stage import SemiEvolStage
-from semift_lightning.semievol.views import BASE, View, answerer, set_agreement, student_accuracy, use_adapter
+from semift_lightning.semievol.views import View, answerer, set_agreement, use_adapter
 from semift_lightning.tasks.example import Example
 from semift_lightning.tasks.kinds import Task
-
-WEIGHTINGS = ("uniform", "labeled_accuracy")
 
 
 class CommitteeVoting(SemiEvolStage):
@@ -37,8 +35,8 @@ class CommitteeVoting(SemiEvolStage):
     Args:
         members: the members, each a prompt pattern, a seed, or a saved adapter folder.
         steps: optimizer steps each member trains for (the module's learning rate, decay and schedule shape).
-        weighting: "uniform", or "labeled_accuracy": each member's weight is its pattern's accuracy on the labeled
-            items before training (the base model asked in that pattern: PET's weighting); logged.
+        weighting: a name in ``WEIGHTINGS`` (``members.py``): "uniform", or "labeled_accuracy": each member's weight
+            is its pattern's accuracy on the labeled items before training (PET's weighting); logged.
         temperature: above 1 softens the combined distribution (PET: 2).
         combine: "mean_log_probs" (PET's) or "mean_probs", from ``COMBINERS``.
         members_dir: where the members' adapters are saved (default: ``members`` in the run's log folder).
@@ -50,6 +48,7 @@ class CommitteeVoting(SemiEvolStage):
 
     stage = "committee"
     position = 10
+    labels_pool = True
 
     def __init__(self, members: Optional[list[Member]] = None, steps: int = 150, weighting: str = "uniform",
                  temperature: float = 2.0, combine: str = "mean_log_probs", members_dir: Optional[str] = None,
@@ -104,12 +103,13 @@ class CommitteeVoting(SemiEvolStage):
         shape = {"steps": self.steps, "optimizer": vars(module.optim_args), "model": module.hparams.get("model"),
                  "trained_on": hashlib.sha256(json.dumps(trained_on).encode()).hexdigest()}
         answers, weights, metrics = [], [], {"previous_labels": len(pseudo)}
+        weighting = WEIGHTINGS[self.weighting]()
         for i, member in enumerate(self.members):
             asked, name = data.in_pattern(member.pattern), member.folder_name(i + 1, index, shape)
-            if self.weighting == "labeled_accuracy":
-                with use_adapter(module, BASE, name):
-                    weights.append(student_accuracy(context, module, asked, "labeled"))
-                metrics[f"member{i + 1}_weight"] = weights[-1]
+            weight = weighting.weight(context, module, asked, name)
+            if weight is not None:
+                weights.append(weight)
+                metrics[f"member{i + 1}_weight"] = weight
             where = trained_member(context, module, asked, member, name, self.steps, folder, pseudo)
             with context.inference(module), use_adapter(module, where, name):
                 answers.append(map_pool(context, module, asked, "unlabeled", pool,

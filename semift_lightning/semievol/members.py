@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from itertools import count
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import lightning as L
 import torch
@@ -22,8 +22,45 @@ from tqdm.auto import tqdm
 from semift_lightning.data.patterns import PromptPattern, as_pattern
 from semift_lightning.semievol.context import RoundContext
 from semift_lightning.semievol.contract import CommitteeData
+from semift_lightning.semievol.views import BASE, student_accuracy, use_adapter
 from semift_lightning.student.settings import warmup_then_linear_decay
 from semift_lightning.tasks.example import Example
+
+
+class MemberWeighting:
+    """How much a member's distribution counts in the committee's mean. A new way is a subclass with its own
+    ``name``, listed in ``WEIGHTINGS`` (``CommitteeVoting(weighting=NAME)``)."""
+
+    name: ClassVar[str] = ""
+
+    def weight(self, context: RoundContext, module: L.LightningModule, asked: CommitteeData,
+               adapter: str) -> Optional[float]:
+        """The weight of the member named ``adapter`` (not yet trained), asked in its pattern; None: equal weights."""
+        raise NotImplementedError
+
+
+class UniformWeighting(MemberWeighting):
+    """Every member counts the same."""
+
+    name = "uniform"
+
+    def weight(self, context, module, asked, adapter) -> Optional[float]:
+        return None
+
+
+class LabeledAccuracyWeighting(MemberWeighting):
+    """A member's weight is its pattern's accuracy on the labeled items before training: the base model asked in
+    that pattern (PET's weighting)."""
+
+    name = "labeled_accuracy"
+
+    def weight(self, context, module, asked, adapter) -> Optional[float]:
+        with use_adapter(module, BASE, adapter):
+            return student_accuracy(context, module, asked, "labeled")
+
+
+WEIGHTINGS: dict[str, type[MemberWeighting]] = {kind.name: kind for kind in (UniformWeighting,
+                                                                            LabeledAccuracyWeighting)}
 
 
 @dataclass

@@ -71,7 +71,7 @@ class EntropySelection(SemiEvolStage):
         return problems
 
     def module_needs(self, task: Task, stages: Sequence[SemiEvolStage] = ()) -> list[type]:
-        labels_alone = not any(stage.position < self.position and stage.stage == "voting" for stage in stages)
+        labels_alone = not any(stage.position < self.position and stage.labels_pool for stage in stages)
         return [scorer_protocol(task)] if self.keep_fraction == VALIDATION or labels_alone else []
 
     def check(self, datamodule: RoundData, stages: Sequence[SemiEvolStage]) -> None:

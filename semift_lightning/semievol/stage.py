@@ -33,6 +33,7 @@ class SemiEvolStage(L.Callback):
     position: ClassVar[int] = 0  # where the stage runs in a round, before stages of a larger position (the shipped
     # stages stand at 0, 10, 20, 30, 40, leaving room between them)
     selects: ClassVar[bool] = False  # the stage decides which records train (without one, every answered one does)
+    labels_pool: ClassVar[bool] = False  # the stage answers every pool item with an option distribution (voting)
 
     def __init__(self, schedule: Optional[Schedule] = None, **arguments: Any) -> None:
         self.schedule = as_schedule(schedule)

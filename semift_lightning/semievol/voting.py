@@ -64,6 +64,7 @@ class CollaborativeVoting(SemiEvolStage):
 
     stage = "voting"
     position = 10
+    labels_pool = True
 
     def __init__(self, views: Optional[list[View]] = None, self_justification: bool = True,
                  average_candidate_orders: bool = True, combine: str = "vote", text_chars: int = 500,
