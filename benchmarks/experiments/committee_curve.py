@@ -112,7 +112,7 @@ def run_point(data_root: Path, out: Path, results: Path, budget: int, seed: int)
                                                     "--seed_everything", "11"], "test.csv"))
     if not done("distilled"):
         record("distilled", fit_and_test(folder / "distilled", [
-            "-c", str(RECIPE), "--data.unlabeled", "unlabeled.csv",
+            "-c", str(RECIPE), "--data.unlabeled", "unlabeled.csv", *recipe_prompt_arguments(),
             "--committee.init_args.members_dir", str(folder / "members")], "test.csv"))
     members = []
     for index, member in enumerate(RECIPE_MEMBERS, 1):
@@ -134,6 +134,13 @@ def run_point(data_root: Path, out: Path, results: Path, budget: int, seed: int)
         record("self_training", fit_and_test(folder / "self_training", [
             "-c", str(REPO / "callbacks" / "self_training_selected.yaml"), "--data.unlabeled", "unlabeled.csv",
             "--seed_everything", "11"], "test.csv"))
+
+
+def recipe_prompt_arguments() -> list[str]:
+    """The recipe's data settings that shape the student's prompts, as arguments (its test repeats them)."""
+    data = yaml.safe_load(RECIPE.read_text()).get("data") or {}
+    return [part for field, flag in PATTERN_ARGUMENTS.items() if data.get(field) is not None
+            for part in (flag, json.dumps(data[field]).strip('"'))]
 
 
 def recipe_member_steps() -> int:

@@ -103,11 +103,18 @@ def run_recipe(folder: Path, variant: str) -> float:
 
 def fit_and_test(run: Path, extra: list[str], test: str = "dev.csv") -> float:
     """``semift fit`` on the budget in ``run``'s parent folder with ``extra`` arguments, then ``semift test`` of its
-    last checkpoint on ``test``; returns the seconds both took."""
+    last checkpoint on ``test``, its prompts shaped as in the fit; returns the seconds both took."""
     start = time.perf_counter()
     semift("fit", run, test, extra)
-    semift("test", run, test, ["--ckpt_path", str(run / "logs" / "checkpoints" / "last.ckpt")])
+    semift("test", run, test, ["--ckpt_path", str(run / "logs" / "checkpoints" / "last.ckpt"),
+                               *prompt_arguments(extra)])
     return time.perf_counter() - start
+
+
+def prompt_arguments(extra: list[str]) -> list[str]:
+    """The arguments of ``extra`` that shape the student's prompts, which its test must repeat."""
+    shaping = ("--data.prompt_format", "--data.question_last", "--data.verbalizer")
+    return [part for flag, value in zip(extra, extra[1:]) if flag in shaping for part in (flag, value)]
 
 
 def semift(command: str, run: Path, test: str, extra: list[str]) -> None:
