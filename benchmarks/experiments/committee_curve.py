@@ -34,14 +34,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from committee_dev import RECIPE, RECIPE_MEMBERS, REPO, STEPS, fit_and_test, semift, write_split
+from committee_dev import PATTERN_ARGUMENTS, RECIPE, RECIPE_MEMBERS, REPO, STEPS, fit_and_test, semift, write_split
 
 from semift_lightning.analysis.stats import correctness, paired, read_predictions
 from semift_lightning.files import atomic_write_json, atomic_write_text
 
 LABELED_TOTAL = 452  # fpb/labeled.csv
-PATTERN_ARGUMENTS = {"prompt_format": "--data.prompt_format", "question_last": "--data.question_last",
-                     "verbalizer": "--data.verbalizer"}  # the pattern fields a student's own prompts take
 REPORTED = ("sft", "sft_equal_steps", "member_best", "committee", "distilled", "self_training")
 DIFFERENCES = (("distilled", "sft"), ("distilled", "sft_equal_steps"), ("distilled", "member_best"),
                ("committee", "member_best"), ("distilled", "committee"))

@@ -53,6 +53,8 @@ PATTERNS = {  # name -> (the member's semift arguments, its seed)
     "plain_qfirst": (["--data.prompt_format", "plain"], 13),
     "chat_qfirst_words": (["--data.verbalizer", "word"], 11),  # the answer said as its word, "positive"
 }
+PATTERN_ARGUMENTS = {"prompt_format": "--data.prompt_format", "question_last": "--data.question_last",
+                     "verbalizer": "--data.verbalizer"}  # the pattern fields a student's own prompts take
 BASELINES = {"sft": "chat_qfirst", "sft_words": "chat_qfirst_words"}  # --recipe's SFT runs and their patterns
 RECIPE = REPO / "callbacks" / "committee.yaml"
 RECIPE_MEMBERS = yaml.safe_load(RECIPE.read_text())["committee"]["init_args"]["members"]
@@ -113,7 +115,7 @@ def fit_and_test(run: Path, extra: list[str], test: str = "dev.csv") -> float:
 
 def prompt_arguments(extra: list[str]) -> list[str]:
     """The arguments of ``extra`` that shape the student's prompts, which its test must repeat."""
-    shaping = ("--data.prompt_format", "--data.question_last", "--data.verbalizer")
+    shaping = PATTERN_ARGUMENTS.values()
     return [part for flag, value in zip(extra, extra[1:]) if flag in shaping for part in (flag, value)]
 
 
