@@ -237,7 +237,14 @@ def test_a_member_can_answer_with_the_option_s_own_word(tiny_model, tmp_path):
     student, own, trainer, _ = make(tiny_model, tmp_path, tmp_path / "said", [], epochs=1, task=task,
                                     labeled="labeled.csv", unlabeled="unlabeled.csv", test="test.csv", verbalizer="word")
     assert own.prompts.encode(example, with_target=True).target_ids == encoded.target_ids  # the student says words
-    assert own.prompt_layout["verbalizer"] == "word"  # checkpoints record it; testing in letters then warns
+    assert own.prompt_layout["verbalizer"] == "word"  # checkpoints record it
+    trainer.fit(student, own)
     trainer.test(student, own)
     predictions = read_predictions(tmp_path / "said" / "logs" / "test_predictions.jsonl")
     assert len(predictions) == 6 and all(row["prediction"] in "ABC" for row in predictions)
+    _, letters, tester, _ = make(tiny_model, tmp_path, tmp_path / "tested", [], task=task, labeled="labeled.csv",
+                                 test="test.csv")  # no verbalizer given: letters, until the checkpoint says words
+    tester.test(student, letters, ckpt_path=tmp_path / "said" / "ckpt" / "last.ckpt")
+    assert letters.prompt_layout == own.prompt_layout
+    tested = read_predictions(tmp_path / "tested" / "logs" / "test_predictions.jsonl")
+    assert [row["prediction"] for row in tested] == [row["prediction"] for row in predictions]

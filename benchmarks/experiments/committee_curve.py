@@ -27,18 +27,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import time
 from pathlib import Path
 
 import torch
-import yaml
-from committee_dev import PATTERN_ARGUMENTS, RECIPE, RECIPE_MEMBERS, REPO, STEPS, fit_and_test, semift, write_split
+from committee_dev import (
+    RECIPE,
+    RECIPE_COMMITTEE,
+    RECIPE_MEMBERS,
+    REPO,
+    STEPS,
+    committee_vote,
+    fit_and_test,
+    semift,
+    write_split,
+)
 
 from semift_lightning.analysis.stats import correctness, paired, read_predictions
 from semift_lightning.files import atomic_write_json, atomic_write_text
 
+PATTERN_ARGUMENTS = {"prompt_format": "--data.prompt_format", "question_last": "--data.question_last",
+                     "verbalizer": "--data.verbalizer"}  # the pattern fields a member's test asks in
 LABELED_TOTAL = 452  # fpb/labeled.csv
 REPORTED = ("sft", "sft_equal_steps", "member_best", "committee", "distilled", "self_training")
 DIFFERENCES = (("distilled", "sft"), ("distilled", "sft_equal_steps"), ("distilled", "member_best"),
@@ -76,16 +86,13 @@ def member_arguments(member: dict, folder: Path, index: int) -> list[str]:
 
 
 def committee_rows(members: list[list[dict]]) -> list[dict]:
-    """The members' test rows combined: the mean of their option log-probabilities, renormalised."""
+    """The members' test rows combined as the recipe combines them (the mean of their option log-probabilities)."""
     rows = []
     for same_item in zip(*members):
-        means = [sum(math.log(max(row["option_probs"][k], 1e-12)) for row in same_item) / len(same_item)
-                 for k in range(len(same_item[0]["option_probs"]))]
-        probs = [math.exp(v) / sum(math.exp(w) for w in means) for v in means]
-        best = "ABCDEFGHIJ"[probs.index(max(probs))]
+        vote = committee_vote(same_item)
         first = same_item[0]
-        rows.append({"id": first["id"], "gold": first["gold"], "prediction": best, "option_probs": probs,
-                     "correct": best == first["gold"]})
+        rows.append({"id": first["id"], "gold": first["gold"], "prediction": vote.answer, "option_probs": vote.probs,
+                     "correct": vote.answer == first["gold"]})
     return rows
 
 
@@ -110,7 +117,7 @@ def run_point(data_root: Path, out: Path, results: Path, budget: int, seed: int)
                                                     "--seed_everything", "11"], "test.csv"))
     if not done("distilled"):
         record("distilled", fit_and_test(folder / "distilled", [
-            "-c", str(RECIPE), "--data.unlabeled", "unlabeled.csv", *recipe_prompt_arguments(),
+            "-c", str(RECIPE), "--data.unlabeled", "unlabeled.csv",
             "--committee.init_args.members_dir", str(folder / "members")], "test.csv"))
     members = []
     for index, member in enumerate(RECIPE_MEMBERS, 1):
@@ -125,24 +132,13 @@ def run_point(data_root: Path, out: Path, results: Path, budget: int, seed: int)
     keep(results, point, "member_best", members[accuracy.index(max(accuracy))])
     if not done("sft_equal_steps"):
         steps = torch.load(folder / "distilled" / "logs" / "checkpoints" / "last.ckpt", map_location="cpu",
-                           weights_only=True)["global_step"] + len(RECIPE_MEMBERS) * recipe_member_steps()
+                           weights_only=True)["global_step"] + len(RECIPE_MEMBERS) * RECIPE_COMMITTEE["steps"]
         record("sft_equal_steps", fit_and_test(folder / "sft_equal_steps", [
             "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1", "--seed_everything", "11"], "test.csv"))
     if not done("self_training"):
         record("self_training", fit_and_test(folder / "self_training", [
             "-c", str(REPO / "callbacks" / "self_training_selected.yaml"), "--data.unlabeled", "unlabeled.csv",
             "--seed_everything", "11"], "test.csv"))
-
-
-def recipe_prompt_arguments() -> list[str]:
-    """The recipe's data settings that shape the student's prompts, as arguments (its test repeats them)."""
-    data = yaml.safe_load(RECIPE.read_text()).get("data") or {}
-    return [part for field, flag in PATTERN_ARGUMENTS.items() if data.get(field) is not None
-            for part in (flag, json.dumps(data[field]).strip('"'))]
-
-
-def recipe_member_steps() -> int:
-    return yaml.safe_load(RECIPE.read_text())["committee"]["init_args"]["steps"]
 
 
 def report(results: Path) -> None:

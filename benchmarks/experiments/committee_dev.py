@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import random
 import shutil
 import subprocess
@@ -35,6 +34,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import yaml
@@ -42,6 +42,8 @@ import yaml
 from semift_lightning.analysis.stats import correctness, paired, read_predictions
 from semift_lightning.distributions import align_to_prior
 from semift_lightning.files import atomic_write_json
+from semift_lightning.semievol.combine import MeanLogProbs
+from semift_lightning.semievol.records import Vote
 
 REPO = Path(__file__).resolve().parents[2]
 BUDGET = 45
@@ -53,11 +55,10 @@ PATTERNS = {  # name -> (the member's semift arguments, its seed)
     "plain_qfirst": (["--data.prompt_format", "plain"], 13),
     "chat_qfirst_words": (["--data.verbalizer", "word"], 11),  # the answer said as its word, "positive"
 }
-PATTERN_ARGUMENTS = {"prompt_format": "--data.prompt_format", "question_last": "--data.question_last",
-                     "verbalizer": "--data.verbalizer"}  # the pattern fields a student's own prompts take
 BASELINES = {"sft": "chat_qfirst", "sft_words": "chat_qfirst_words"}  # --recipe's SFT runs and their patterns
 RECIPE = REPO / "callbacks" / "committee.yaml"
-RECIPE_MEMBERS = yaml.safe_load(RECIPE.read_text())["committee"]["init_args"]["members"]
+RECIPE_COMMITTEE = yaml.safe_load(RECIPE.read_text())["committee"]["init_args"]  # the recipe's committee, parsed once
+RECIPE_MEMBERS = RECIPE_COMMITTEE["members"]
 WORD_MEMBER = {"pattern": {"name": "chat_qfirst_words", "verbalizer": "word"}, "seed": 13}  # answers "positive"...
 WORD_MEMBERS = [{**m, "pattern": {**m["pattern"], "name": f"{m['pattern']['name']}_words", "verbalizer": "word"}}
                 for m in RECIPE_MEMBERS]  # the recipe's members, each saying its answers as words
@@ -105,18 +106,16 @@ def run_recipe(folder: Path, variant: str) -> float:
 
 def fit_and_test(run: Path, extra: list[str], test: str = "dev.csv") -> float:
     """``semift fit`` on the budget in ``run``'s parent folder with ``extra`` arguments, then ``semift test`` of its
-    last checkpoint on ``test``, its prompts shaped as in the fit; returns the seconds both took."""
+    last checkpoint on ``test`` (in the prompts the checkpoint records); returns the seconds both took."""
     start = time.perf_counter()
     semift("fit", run, test, extra)
-    semift("test", run, test, ["--ckpt_path", str(run / "logs" / "checkpoints" / "last.ckpt"),
-                               *prompt_arguments(extra)])
+    semift("test", run, test, ["--ckpt_path", str(run / "logs" / "checkpoints" / "last.ckpt")])
     return time.perf_counter() - start
 
 
-def prompt_arguments(extra: list[str]) -> list[str]:
-    """The arguments of ``extra`` that shape the student's prompts, which its test must repeat."""
-    shaping = PATTERN_ARGUMENTS.values()
-    return [part for flag, value in zip(extra, extra[1:]) if flag in shaping for part in (flag, value)]
+def committee_vote(rows: Sequence[dict]) -> Vote:
+    """One item's prediction rows of several members, combined as the recipe combines them."""
+    return MeanLogProbs()([Vote(row["prediction"], probs=row["option_probs"]) for row in rows])
 
 
 def semift(command: str, run: Path, test: str, extra: list[str]) -> None:
@@ -169,9 +168,7 @@ def report(out: Path) -> None:
             shares = Counter(row["answer"] for row in csv.DictReader(handle))
         prior = [(shares[letter] + 1) / (BUDGET + 3) for letter in "ABC"]
         scores = {name: [float(m[i]["prediction"] == g) for i, g in zip(ids, gold)] for name, m in members.items()}
-        log_mean = [[sum(math.log(max(m[i]["option_probs"][k], 1e-12)) for m in members.values()) / len(members)
-                     for k in range(3)] for i in ids]
-        committee = [[math.exp(v) / sum(math.exp(w) for w in row) for v in row] for row in log_mean]
+        committee = [committee_vote([m[i] for m in members.values()]).probs for i in ids]
         aligned = align_to_prior(torch.tensor(committee, dtype=torch.float64),
                                  torch.tensor(prior, dtype=torch.float64)).tolist()
         for name, rows in (("committee", committee), ("committee, prior-aligned", aligned)):

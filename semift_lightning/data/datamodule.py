@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any, Optional, Sequence
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from semift_lightning.arguments import bound_arguments, raise_problems
@@ -39,7 +39,8 @@ OVERLAP_POLICIES = ("error", "drop", "allow")
 
 
 class SemiFTDataModule(SplitFiles, L.LightningDataModule):
-    """Labeled, unlabeled, validation and test data for one task.
+    """Labeled, unlabeled, validation and test data for one task. A checkpoint records how its prompts were built;
+    resuming or testing it builds them the same way.
 
     Args:
         task: a registered task (mmlu, mmlu_pro, arc, fpb, pubmedqa, usmle, convfinqa, multiple_choice,
@@ -105,6 +106,7 @@ class SemiFTDataModule(SplitFiles, L.LightningDataModule):
         raise_problems("invalid data arguments",
                        self.argument_problems(**{k: v for k, v in locals().items() if k not in ("self", "__class__")}))
         preset = resolve_task(task)
+        self.preset_task = preset.task  # the task as registered, before this DataModule's pattern
         self.task = PromptPattern("data", question_last=question_last, verbalizer=verbalizer).applied_to(preset.task)
         self.columns = override_columns(preset.columns, columns)
         self.root = root
@@ -314,15 +316,31 @@ class SemiFTDataModule(SplitFiles, L.LightningDataModule):
                 "verbalizer": "word" if getattr(self.task, "answer_words", False) else "letter"}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        current = self.prompt_layout
         saved = {"prompt_format": "chat", "verbalizer": "letter",  # what older checkpoints used
-                 **state_dict.get("prompt_layout", current)}
-        changed = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in current.items()
-                   if saved.get(key) != value]
-        if changed:
-            rank_zero_warn(f"the checkpoint was trained on prompts built with data.{', data.'.join(changed)}: this "
-                           f"run builds its prompts differently")
+                 **state_dict.get("prompt_layout", self.prompt_layout)}
+        self.adopt_prompt_layout(saved)
         self.store.load_state_dict(state_dict)
+
+    def adopt_prompt_layout(self, saved: dict[str, Any]) -> None:
+        """Build every prompt as the checkpoint's fit did (its question order, format, system prompt and
+        verbalizer), so that a resumed fit or a test of a checkpoint asks as it was trained; said in one line. A
+        checkpoint of another task keeps this run's prompts, with a warning."""
+        current = self.prompt_layout
+        changed = {key: saved.get(key) for key, value in current.items() if saved.get(key) != value}
+        if not changed:
+            return
+        if "task" in changed:
+            rank_zero_warn(f"the checkpoint was trained on task {saved['task']!r}: this run asks {current['task']!r} "
+                           f"in its own prompts")
+            return
+        self.task = PromptPattern("checkpoint", question_last=saved["question_last"],
+                                  verbalizer=saved["verbalizer"]).applied_to(self.preset_task)
+        self.system_prompt, self.prompt_format = saved["system_prompt"], saved["prompt_format"]
+        if self.prompts is not None:
+            self.prompts = PromptBuilder(self.prompts.tokenizer, self.task, self.prompts.max_length,
+                                         self.system_prompt, self.prompt_format)
+        rank_zero_info("prompts built as in the checkpoint's fit: " + ", ".join(
+            f"data.{key}={value!r} (given {current[key]!r})" for key, value in changed.items()))
 
     def pool_loader(self, split: str, examples: Sequence[Example], rank: int = 0, world_size: int = 1,
                     demonstrations: Optional[dict[str, list[Example]]] = None,
