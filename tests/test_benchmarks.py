@@ -318,6 +318,28 @@ def test_committee_dev_recipe_report_pairs_each_recipe_with_sft(tmp_path):
     assert "pooled over 4 development items: committee_aligned - sft +25.00" in out
 
 
+def test_committee_backbone_adds_a_member_s_distribution_to_the_round_s_committee(tmp_path):
+    seed = tmp_path / "out" / "seed100"
+    (seed / "committee_allwords" / "logs").mkdir(parents=True)
+    (seed / "gemma_plain_qfirst_words").mkdir()
+    gold = ["A", "B", "C", "B"]
+    committee = [([0.6, 0.3, 0.1], "AAA"), ([0.1, 0.8, 0.1], "BBB"), ([0.1, 0.1, 0.8], "CCB"), ([0.5, 0.45, 0.05], "ABA")]
+    gemma = [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.01, 0.98, 0.01]]
+    (seed / "committee_allwords" / "logs" / "pseudo_labels_round1.jsonl").write_text("".join(
+        json.dumps({"id": str(i), "answer": "ABC"[p.index(max(p))], "probs": p, "view_answers": list(views)}) + "\n"
+        for i, (p, views) in enumerate(committee)))
+    (seed / "gemma_plain_qfirst_words" / "pool_predictions.jsonl").write_text("".join(
+        json.dumps({"id": str(i), "gold": g, "option_probs": p, "prediction": "ABC"[p.index(max(p))]}) + "\n"
+        for i, (g, p) in enumerate(zip(gold, gemma))))
+    (tmp_path / "cwd").mkdir()
+    out = run("experiments/committee_backbone.py", "--seed", "100", "--out", str(tmp_path / "out"),
+              cwd=tmp_path / "cwd")
+    assert "SmolLM2 member 1: 75.00" in out and "SmolLM2 member 2: 100.00" in out and "committee of 3: 75.00" in out
+    assert "Gemma member: 75.00" in out
+    assert "committee with the Gemma member at weight 1.0: 100.00" in out
+    assert "the Gemma member gets right: 1; the reverse: 1" in out
+
+
 def test_committee_curve_combines_members_and_pairs_the_distilled_student_with_its_baselines(tmp_path):
     gold = ["A", "B", "C", "B"]
     runs = {"sft": "ABBB", "sft_equal_steps": "ABBA", "distilled": "ABCB", "self_training": "BBBB"}

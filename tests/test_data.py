@@ -285,13 +285,23 @@ def test_long_prompts_drop_demonstrations_before_cutting_the_question(tiny_model
     assert "DEMO0" in text and "DEMO3" not in text and "QUESTION" in text
 
 
-def test_a_checkpoint_built_with_other_prompts_warns_on_load(fpb_like):
+def test_a_checkpoint_built_with_other_prompts_is_asked_as_it_was_trained(fpb_like, caplog):
     def datamodule(**kwargs):
         return SemiFTDataModule(task="fpb", root=str(fpb_like), labeled="fpb/labeled.csv", **kwargs)
-    saved = datamodule(question_last=True).state_dict()
-    with pytest.warns(UserWarning, match=r"data\.question_last=True \(now False\)"):
-        datamodule().load_state_dict(saved)
+    saved = datamodule(question_last=True, prompt_format="plain").state_dict()
+    loaded = datamodule()
+    with caplog.at_level("INFO"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded.load_state_dict(saved)
+    assert loaded.prompt_layout == saved["prompt_layout"]
+    said = [record.getMessage() for record in caplog.records if "prompts built as" in record.getMessage()]
+    assert len(said) == 1 and "data.question_last=True (given False)" in said[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        datamodule(question_last=True).load_state_dict(saved)
+        datamodule(question_last=True, prompt_format="plain").load_state_dict(saved)
         datamodule().load_state_dict({"pseudo_labels": []})  # a checkpoint from before layouts were recorded
+    other_task = {**saved, "prompt_layout": {**saved["prompt_layout"], "task": "mmlu"}}
+    kept = datamodule()
+    with pytest.warns(UserWarning, match="trained on task 'mmlu'"):
+        kept.load_state_dict(other_task)
+    assert kept.prompt_layout["question_last"] is False

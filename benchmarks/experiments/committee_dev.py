@@ -62,13 +62,18 @@ RECIPE_MEMBERS = RECIPE_COMMITTEE["members"]
 WORD_MEMBER = {"pattern": {"name": "chat_qfirst_words", "verbalizer": "word"}, "seed": 13}  # answers "positive"...
 WORD_MEMBERS = [{**m, "pattern": {**m["pattern"], "name": f"{m['pattern']['name']}_words", "verbalizer": "word"}}
                 for m in RECIPE_MEMBERS]  # the recipe's members, each saying its answers as words
+IPET_POOL_FRACTION = 0.13  # PET's growth factor d=5: 4 x 45 committee-labelled items join the 45 labels, of 1359
 VARIANTS = {  # run name -> the arguments it adds to the committee recipe
     "committee": [],
     "committee_aligned": ["--alignment", "semift_lightning.semievol.PriorAlignment"],  # class-prior alignment
     "committee_words": ["--committee.init_args.members", json.dumps([*RECIPE_MEMBERS, WORD_MEMBER])],  # a 4th member
     "committee_allwords": ["--committee.init_args.members", json.dumps(WORD_MEMBERS), "--data.verbalizer", "word"],
+    "committee_allwords_ipet": [  # iPET's next generation of the all-words committee, distilled by a fresh student
+        "--committee.init_args.members", json.dumps(WORD_MEMBERS), "--data.verbalizer", "word",
+        "--semievol.rounds", "2", "--committee.init_args.previous_labels", str(IPET_POOL_FRACTION),
+        "--restart", "semift_lightning.semievol.RestartStudent", "--trainer.max_epochs", "3"],
 }
-COMPARED_TO = {"committee_allwords": "sft_words"}  # a recipe's SFT baseline where it is not "sft": its pattern's
+COMPARED_TO = {"committee_allwords": "sft_words", "committee_allwords_ipet": "sft_words"}  # baselines other than "sft"
 
 
 def write_split(labeled: Path, seed: int, folder: Path, budget: int = BUDGET) -> None:
