@@ -10,7 +10,8 @@ The member is fitted on the seed's 45 budget items for the members' fixed 150 st
 development set (``dev_predictions.jsonl``) and on the pool (``pool_predictions.jsonl``). The round's records hold
 the three-member committee's distribution at temperature T (the softmax of the mean log-probabilities over T), so
 the four-member committee's answer is the argmax of ``3 T log p + w log q``, q the Gemma member's distribution and w
-its weight relative to one SmolLM2 member. A finished member is not run again.
+its weight relative to one SmolLM2 member (in double precision: the product's combiners work in single precision,
+which flips near-ties). A finished member is not run again.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 import yaml
-from committee_dev import RECIPE_COMMITTEE, REPO, STEPS, fit_and_test, read, semift
+from committee_dev import RECIPE_COMMITTEE, REPO, STEPS, fit_and_test, fixed_schedule, read, semift
 
 GEMMA = yaml.safe_load((REPO / "configs" / "gemma3_270m.yaml").read_text())["model"]["model"]
 MEMBER = "gemma_plain_qfirst_words"
@@ -35,8 +36,7 @@ def run_member(folder: Path) -> None:
     run = folder / MEMBER
     if (run / "pool_predictions.jsonl").exists():
         return
-    fit_and_test(run, [*MEMBER_ARGUMENTS, "--trainer.max_steps", str(STEPS), "--trainer.max_epochs", "-1",
-                       "--seed_everything", "14"])
+    fit_and_test(run, [*MEMBER_ARGUMENTS, *fixed_schedule(STEPS, 14)])
     shutil.copyfile(run / "logs" / "test_predictions.jsonl", run / "dev_predictions.jsonl")
     semift("test", run, "unlabeled.csv",
            [*MEMBER_ARGUMENTS, "--ckpt_path", str(run / "logs" / "checkpoints" / "last.ckpt")])

@@ -40,6 +40,7 @@ from committee_dev import (
     STEPS,
     committee_vote,
     fit_and_test,
+    fixed_schedule,
     semift,
     write_split,
 )
@@ -113,8 +114,7 @@ def run_point(data_root: Path, out: Path, results: Path, budget: int, seed: int)
         atomic_write_json(timings, seconds)
 
     if not done("sft"):
-        record("sft", fit_and_test(folder / "sft", ["--trainer.max_steps", str(STEPS), "--trainer.max_epochs", "-1",
-                                                    "--seed_everything", "11"], "test.csv"))
+        record("sft", fit_and_test(folder / "sft", fixed_schedule(STEPS, 11), "test.csv"))
     if not done("distilled"):
         record("distilled", fit_and_test(folder / "distilled", [
             "-c", str(RECIPE), "--data.unlabeled", "unlabeled.csv",
@@ -133,8 +133,7 @@ def run_point(data_root: Path, out: Path, results: Path, budget: int, seed: int)
     if not done("sft_equal_steps"):
         steps = torch.load(folder / "distilled" / "logs" / "checkpoints" / "last.ckpt", map_location="cpu",
                            weights_only=True)["global_step"] + len(RECIPE_MEMBERS) * RECIPE_COMMITTEE["steps"]
-        record("sft_equal_steps", fit_and_test(folder / "sft_equal_steps", [
-            "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1", "--seed_everything", "11"], "test.csv"))
+        record("sft_equal_steps", fit_and_test(folder / "sft_equal_steps", fixed_schedule(steps, 11), "test.csv"))
     if not done("self_training"):
         record("self_training", fit_and_test(folder / "self_training", [
             "-c", str(REPO / "callbacks" / "self_training_selected.yaml"), "--data.unlabeled", "unlabeled.csv",

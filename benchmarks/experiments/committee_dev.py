@@ -92,12 +92,16 @@ def write_split(labeled: Path, seed: int, folder: Path, budget: int = BUDGET) ->
     shutil.copyfile(labeled.parent / "unlabeled.csv", folder / "unlabeled.csv")
 
 
+def fixed_schedule(steps: int, seed: int) -> list[str]:
+    """``semift fit`` arguments that train for exactly ``steps`` optimizer steps with ``seed``."""
+    return ["--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1", "--seed_everything", str(seed)]
+
+
 def run_member(folder: Path, pattern: str, run: str = "") -> float:
     """Fit and score one member in ``folder / run`` (default: the pattern's name); returns the seconds its fit and
     test took."""
     extra, seed = PATTERNS[pattern]
-    return fit_and_test(folder / (run or pattern), [*extra, "--trainer.max_steps", str(STEPS), "--trainer.max_epochs",
-                                                    "-1", "--seed_everything", str(seed)])
+    return fit_and_test(folder / (run or pattern), [*extra, *fixed_schedule(STEPS, seed)])
 
 
 def run_recipe(folder: Path, variant: str) -> float:
